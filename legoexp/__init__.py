@@ -1,0 +1,1 @@
+"""legoexp: the LEGO brick lab as a reproducible MLflow + Optuna study."""

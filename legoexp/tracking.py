@@ -1,0 +1,90 @@
+"""Everything legoexp writes to MLflow, in one vocabulary for the baseline, trials and comparisons.
+
+Params use the training config's keys (``epochs``, ``lr``, ``batch_size``, ``hidden1``,
+``hidden2``, ``seed``) plus ``data``, ``data_source`` and ``data_digest`` (the training split's
+digest); metrics are ``train_loss`` / ``train_accuracy`` per epoch (step = epoch),
+``val_accuracy`` for cross-validation and ``test_loss`` / ``test_accuracy`` at the end. Metrics
+go in batches (one store transaction each) and the model is logged with explicit requirements,
+because MLflow's inference of both is slow and, for MXNet, fails.
+"""
+
+import os
+import tempfile
+import time
+import warnings
+from importlib.metadata import version
+
+import mlflow
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from legoexp.data import Source, Split
+from legoexp.serving import SIGNATURE, export_net
+from legoexp.train import TrainConfig
+
+DEFAULT_EXPERIMENT = "legoexp"
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars garble our progress lines
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def use_experiment(name: str | None) -> None:
+    """Select the experiment, unless ``mlflow run`` already started a run in the one it chose."""
+    if "MLFLOW_RUN_ID" not in os.environ:
+        mlflow.set_experiment(name or DEFAULT_EXPERIMENT)
+
+
+def run_params(config: TrainConfig, data: str, source: Source, train: Split) -> dict:
+    return {**config.as_params(), "data": data, "data_source": source.uri, "data_digest": train.digest}
+
+
+def log_params(run_id: str, params: dict) -> None:
+    MlflowClient().log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def log_history(run_id: str, history: dict[str, list[float]]) -> None:
+    """Per-epoch metrics, step = epoch number (1-based), in one batch."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(v), now, epoch)
+               for key, values in history.items() for epoch, v in enumerate(values, start=1)]
+    MlflowClient().log_batch(run_id, metrics=metrics)
+
+
+def log_split(split: Split, source: Source) -> None:
+    """Record a split as an MLflow dataset input (name, digest, source), context = split name."""
+    dataset_source = (CodeDatasetSource({"generator": "legoexp.data.synthetic", "data": source.uri})
+                      if source.kind == "synthetic" else str(source.path(split.name)))
+    with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_numpy(split.images, targets=split.labels, source=dataset_source,
+                                         name=f"lego-{split.name}", digest=split.digest)
+    mlflow.log_input(dataset, context="training" if split.name == "train" else "testing")
+
+
+def log_figures(figures: dict) -> None:
+    """Each figure as ``plots/<name>.png``."""
+    for name, fig in figures.items():
+        mlflow.log_figure(fig, f"plots/{name}.png")
+
+
+def pip_requirements() -> list[str]:
+    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "mxnet", "numpy", "pandas")]
+
+
+def log_model(net, input_example, name: str = "model"):
+    """Log ``net`` as a LegoClassifier pyfunc; returns MLflow's ModelInfo (``model_uri``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=os.path.join(_PACKAGE_DIR, "pyfunc_model.py"),
+            artifacts=export_net(net, tmp),
+            code_paths=[_PACKAGE_DIR],
+            signature=SIGNATURE,
+            input_example=input_example,
+            pip_requirements=pip_requirements(),
+        )

@@ -1,0 +1,78 @@
+"""The one training function: deterministic across processes, learning, and stopping on divergence."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from legoexp.data import load_split, open_source
+from legoexp.evaluate import evaluate
+from legoexp.train import Diverged, TrainConfig, normalise, train
+
+SMALL = TrainConfig(epochs=3, seed=7)
+
+
+@pytest.fixture(scope="module")
+def synthetic_train():
+    return load_split(open_source("synthetic"), "train")
+
+
+def _history_in_fresh_process(config: TrainConfig) -> dict:
+    code = (
+        "import json; from legoexp.data import load_split, open_source; "
+        "from legoexp.train import TrainConfig, train; "
+        "s = load_split(open_source('synthetic'), 'train'); "
+        f"print(json.dumps(train(TrainConfig(**{config.as_params()!r}), s.images, s.labels).history))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_same_seed_gives_identical_epochs_in_two_fresh_processes():
+    first, second = _history_in_fresh_process(SMALL), _history_in_fresh_process(SMALL)
+    assert first == second
+    assert len(first["train_loss"]) == SMALL.epochs
+
+
+def test_a_different_seed_gives_different_numbers(synthetic_train):
+    a = train(SMALL, synthetic_train.images, synthetic_train.labels).history
+    b = train(TrainConfig(epochs=3, seed=8), synthetic_train.images, synthetic_train.labels).history
+    assert a["train_loss"] != b["train_loss"]
+
+
+def test_training_learns_and_reports_every_epoch(synthetic_train):
+    seen = []
+    result = train(TrainConfig(epochs=4), synthetic_train.images, synthetic_train.labels,
+                   on_epoch=lambda epoch, m: seen.append((epoch, m["train_loss"])))
+    assert [e for e, _ in seen] == [1, 2, 3, 4]
+    assert result.history["train_loss"][-1] < result.history["train_loss"][0]
+    accuracy = evaluate(result.net, synthetic_train.images, synthetic_train.labels).accuracy
+    assert accuracy > 0.5  # ten classes: chance is 0.1
+
+
+def test_hidden_sizes_shape_the_network(synthetic_train):
+    result = train(TrainConfig(epochs=1, hidden1=16, hidden2=8), synthetic_train.images[:40],
+                   synthetic_train.labels[:40])
+    shapes = [p.shape for p in result.net.collect_params().values()]
+    assert shapes == [(16, 2304), (16,), (8, 16), (8,), (10, 8), (10,)]
+
+
+def test_a_diverging_loss_stops_training_at_that_epoch(synthetic_train):
+    epochs_done = []
+    with pytest.raises(Diverged) as e:
+        train(TrainConfig(epochs=10, lr=1e4), synthetic_train.images, synthetic_train.labels,
+              on_epoch=lambda epoch, m: epochs_done.append(epoch))
+    assert e.value.epoch == len(epochs_done) + 1
+    assert "loss became" in str(e.value)
+
+
+def test_normalise_matches_the_labs_totensor_and_normalize():
+    from mxnet import nd
+    from mxnet.gluon.data.vision import transforms
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 1), dtype=np.uint8)
+    lab = transforms.Compose([transforms.ToTensor(), transforms.Normalize(0.13, 0.31)])
+    expected = np.stack([lab(nd.array(im, dtype="uint8")).asnumpy().ravel() for im in images])
+    np.testing.assert_allclose(normalise(images).asnumpy(), expected, rtol=1e-6, atol=1e-6)
