@@ -198,3 +198,66 @@ def save(fig: Figure, path: str | PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
     return path
+
+
+def seed_comparison(a, b, name_a: str = "baseline", name_b: str = "best", result=None) -> Figure:
+    """Paired per-seed test accuracies of two configurations: a grey line per seed joining
+    them, their means with confidence-interval bars, and (given a ``stats.PairedResult``)
+    the mean difference, its interval and the p-value in the title."""
+    from legoexp.stats import format_p, mean_ci  # scipy only for the plots that need it
+
+    a, b = np.asarray(a, dtype=float).reshape(-1), np.asarray(b, dtype=float).reshape(-1)
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"need one score per seed for both, got {len(a)} and {len(b)}")
+    confidence = 0.95 if result is None else result.confidence
+    fig = Figure(figsize=(5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for pair in zip(a, b):
+        ax.plot([0, 1], pair, color="grey", alpha=0.6, marker="o", markersize=5, zorder=1)
+    # Means sit just outside the seed dots so their bars do not hide them.
+    for x, values in ((-0.12, a), (1.12, b)):
+        mean, low, high = mean_ci(values, confidence)
+        ax.errorbar(x, mean, yerr=[[mean - low], [high - mean]], color=NEUTRAL, marker="D",
+                    markersize=7, capsize=6, linewidth=2, zorder=2)
+    ax.errorbar([], [], color=NEUTRAL, marker="D", capsize=6, label=f"mean, {confidence:.0%} CI")
+    ax.plot([], [], color="grey", marker="o", label=f"one seed ({len(a)} in all)")
+    ax.set_xticks([0, 1], [name_a, name_b])
+    ax.set_xlim(-0.5, 1.5)
+    ax.set_ylabel("test accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    if result is not None:
+        lo, hi = result.ci_diff
+        ax.set_title(f"{name_b} \N{MINUS SIGN} {name_a} = {result.mean_diff:+.4f} "
+                     f"({confidence:.0%} CI {lo:+.4f}..{hi:+.4f})\n"
+                     f"{result.test} {format_p(result.p_value)}, {result.n} seeds", fontsize=10)
+    else:
+        ax.set_title(f"{name_a} vs {name_b} over {len(a)} seeds", fontsize=10)
+    return fig
+
+
+def expected_max_curve(values) -> Figure:
+    """Expected best val_accuracy of a sweep of n trials (n = 1..N, Dodge et al. 2019), with a
+    band of one standard deviation, over the individual trial results in trial order."""
+    from legoexp.stats import expected_max, expected_max_std
+
+    values = np.asarray(values, dtype=float).reshape(-1)
+    curve, std = expected_max(values), expected_max_std(values)
+    n = np.arange(1, len(curve) + 1)
+    finite = values[np.isfinite(values)]
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(np.arange(1, len(values) + 1), values, s=14, color="grey", alpha=0.4,
+               label="trial (in trial order)", zorder=1)
+    # The best of n draws can never leave the observed range, so neither does the band.
+    ax.fill_between(n, np.maximum(curve - std, finite.min()), np.minimum(curve + std, finite.max()),
+                    color=NEUTRAL, alpha=0.2, linewidth=0, label="\N{PLUS-MINUS SIGN}1 std")
+    ax.plot(n, curve, color=NEUTRAL, linewidth=2, label="expected best")
+    ax.axhline(finite.max(), color="black", linestyle=":", linewidth=1, label="best trial")
+    ax.set_xlabel("number of trials")
+    ax.set_ylabel("expected best val_accuracy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    ax.set_title(f"expected best of n trials, from {len(finite)} completed trials", fontsize=10)
+    return fig

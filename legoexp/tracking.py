@@ -13,6 +13,8 @@ import tempfile
 import time
 import warnings
 from importlib.metadata import version
+from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.data.code_dataset_source import CodeDatasetSource
@@ -32,6 +34,17 @@ def use_experiment(name: str | None) -> None:
     """Select the experiment, unless ``mlflow run`` already started a run in the one it chose."""
     if "MLFLOW_RUN_ID" not in os.environ:
         mlflow.set_experiment(name or DEFAULT_EXPERIMENT)
+
+
+def store_directory() -> Path:
+    """The directory of a local tracking store (where the default Optuna journal goes)."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).parent.resolve()
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path).resolve()
+    return Path.cwd()
 
 
 def run_params(config: TrainConfig, data: str, source: Source, train: Split) -> dict:

@@ -33,8 +33,10 @@ def tracking_uri(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def mlflow_env(tracking_uri, monkeypatch) -> dict:
-    """Point this process and the commands it runs at the temporary store."""
+def mlflow_env(tracking_uri, tmp_path, monkeypatch) -> dict:
+    """Point this process and the commands it runs at the temporary store, from a temporary
+    working directory (MLflow puts a SQLite store's artifacts in ./mlruns)."""
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     import mlflow
@@ -46,4 +48,4 @@ def mlflow_env(tracking_uri, monkeypatch) -> dict:
 def run_module(module: str, *args, env=None, cwd=None, timeout=600) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` in a fresh process, as a user would."""
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd or ROOT, timeout=timeout)
+                          env=env, cwd=cwd, timeout=timeout)

@@ -77,7 +77,7 @@ def test_baseline_on_the_lab_files_logs_everything_and_is_reproducible(lab_dir, 
         "print(json.dumps({'acc': float((out['label'].to_numpy() == test.labels).mean()),\n"
         "  'names': out['class_name'].tolist()[:3], 'sums': [float(sum(p)) for p in out['probabilities']]}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=mlflow_env, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=mlflow_env)
     assert proc.returncode == 0, proc.stderr
     answer = json.loads(proc.stdout.strip().splitlines()[-1])
     assert answer["acc"] == pytest.approx(run.data.metrics["test_accuracy"])

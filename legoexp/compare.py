@@ -1,0 +1,58 @@
+"""Best vs baseline with evidence: the same seeds, the whole training split, the test split once.
+
+Both configurations are trained with each of S seeds by the one training function and scored
+once on the test split; the per-seed accuracies are paired by seed and summarised by
+``stats.paired_comparison`` (means with 95% CIs, the paired difference, a paired t-test). The
+model kept for each configuration is the one of its median seed, so what gets registered is a
+typical fit, not the luckiest. Nothing here knows about MLflow or Optuna.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from legoexp.evaluate import evaluate
+from legoexp.stats import PairedResult, paired_comparison
+from legoexp.train import TrainConfig, train
+
+
+@dataclass
+class Arm:
+    name: str
+    config: TrainConfig
+    accuracies: list[float]
+    nets: list
+
+    @property
+    def median_index(self) -> int:
+        """Index of the seed whose test accuracy is the (lower) median of the S seeds."""
+        order = np.argsort(self.accuracies, kind="stable")
+        return int(order[(len(order) - 1) // 2])
+
+
+@dataclass
+class Comparison:
+    seeds: list[int]
+    baseline: Arm
+    best: Arm
+    result: PairedResult
+
+
+def run_arm(name: str, config: TrainConfig, seeds: list[int], train_split, test_split,
+            progress: Callable[[str], None] | None = None) -> Arm:
+    arm = Arm(name, config, [], [])
+    for seed in seeds:
+        fit = train(replace(config, seed=seed), train_split.images, train_split.labels)
+        arm.accuracies.append(evaluate(fit.net, test_split.images, test_split.labels).accuracy)
+        arm.nets.append(fit.net)
+        if progress:
+            progress(f"{name} seed {seed}: test_accuracy {arm.accuracies[-1]:.4f}")
+    return arm
+
+
+def compare(baseline: TrainConfig, best: TrainConfig, seeds: list[int], train_split, test_split,
+            progress: Callable[[str], None] | None = None) -> Comparison:
+    a = run_arm("baseline", baseline, seeds, train_split, test_split, progress)
+    b = run_arm("best", best, seeds, train_split, test_split, progress)
+    return Comparison(seeds, a, b, paired_comparison(a.accuracies, b.accuracies))

@@ -1,0 +1,261 @@
+"""One sweep, run: the parent MLflow run, the trials as child runs, the study's plots, the verdict.
+
+``Search`` ties an Optuna study to MLflow runs made with ``MlflowClient`` (not the fluent API,
+so nothing depends on which run is "active" in which process). A trial's run is created when
+the trial starts, holds the baseline's param keys, and ends FINISHED with tag ``state`` =
+complete or pruned, FAILED with a ``fail_reason``, or KILLED when interrupted.
+"""
+
+import contextlib
+import math
+import os
+import sys
+import warnings
+
+import mlflow
+import numpy as np
+import optuna
+from mlflow.tracking import MlflowClient
+from sklearn.model_selection import StratifiedKFold
+from tqdm import tqdm
+
+from legoexp import plots, registry, tracking
+from legoexp import study as studies
+from legoexp.compare import compare
+from legoexp.evaluate import evaluate
+from legoexp.train import Diverged, TrainConfig, train
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+# WilcoxonPruner and the matplotlib plots are marked experimental; the warnings say nothing to a user
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+class Search:
+    def __init__(self, cfg, space, baseline: TrainConfig, source, train_split, storage, storage_label):
+        self.cfg, self.space, self.baseline = cfg, space, baseline
+        self.source, self.train_split, self.storage = source, train_split, storage
+        self.client = MlflowClient()
+        launched = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run` made a run: it becomes the parent
+        self.launched_run = launched
+        self.experiment_id = (self.client.get_run(launched).info.experiment_id if launched else
+                              mlflow.get_experiment_by_name(cfg["experiment_name"]).experiment_id)
+        self.study = studies.create_study(cfg["study_name"], storage, cfg["seed"],
+                                          {k: getattr(baseline, k) for k in space})
+        folds = StratifiedKFold(cfg["folds"], shuffle=True, random_state=cfg["seed"])
+        self.folds = list(folds.split(np.zeros(len(train_split)), train_split.labels))
+        self.params = {"study_name": cfg["study_name"], "storage": storage_label, "folds": cfg["folds"],
+                       "sampler": "TPESampler(multivariate, constant_liar, seed)",
+                       "pruner": "WilcoxonPruner(p_threshold=0.1)", "search_space": str(space)}
+
+    # -- the parent run ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def parent_run(self):
+        run_id = self.study.user_attrs.get("mlflow_parent_run_id")
+        if run_id is None or not self._run_exists(run_id):
+            tags = {"legoexp.kind": "sweep", "legoexp.study": self.cfg["study_name"]}
+            if self.launched_run:
+                run_id = self.launched_run
+                self.client.set_tag(run_id, "mlflow.runName", self.cfg["study_name"])
+                for k, v in tags.items():
+                    self.client.set_tag(run_id, k, v)
+            else:
+                run_id = self.client.create_run(self.experiment_id, run_name=self.cfg["study_name"],
+                                                tags=tags).info.run_id
+            self.study.set_user_attr("mlflow_parent_run_id", run_id)
+            tracking.log_params(run_id, {**self.params, "data": self.cfg["data"],
+                                         "data_source": self.source.uri, "data_digest": self.train_split.digest})
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self.parent_id = run_id
+        self.parent_url = f"http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{run_id}"
+        orphans = studies.fail_orphans(self.study, self.storage, self._kill_trial_run)
+        if orphans:
+            print(f"marked {orphans} trial(s) of a dead process as failed", file=sys.stderr)
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.client.set_terminated(run_id, "KILLED")
+            done = studies.count_finished(self.study)
+            print(f"\ninterrupted with {done} finished trial(s); rerun the same command to resume",
+                  file=sys.stderr)
+            raise
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def _run_exists(self, run_id) -> bool:
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except mlflow.exceptions.MlflowException:
+            return False
+
+    def _kill_trial_run(self, trial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id and self._run_exists(run_id):
+            self.client.set_tag(run_id, "state", "failed")
+            self.client.set_tag(run_id, "fail_reason", "its process died")
+            self.client.set_terminated(run_id, "KILLED")
+
+    # -- the search ----------------------------------------------------------------------------
+    def run(self) -> None:
+        target, timeout = self.cfg["trials"], self.cfg["timeout"] or None
+        done = studies.count_finished(self.study)
+        bar = tqdm(total=target, initial=min(done, target), desc="trials", unit="trial", file=sys.stderr,
+                   dynamic_ncols=True, disable=None)
+        failures = 0
+        try:
+            while (missing := target - studies.count_finished(self.study)) > 0:
+                before = len(self.study.trials)
+                self.study.optimize(self._objective, n_trials=missing, timeout=timeout, catch=(Diverged,),
+                                    callbacks=[lambda study, trial: self._progress(bar, trial)])
+                failures += sum(t.state == optuna.trial.TrialState.FAIL for t in self.study.trials[before:])
+                if timeout or failures > target:
+                    break
+        finally:
+            bar.close()
+        if failures > target:
+            print(f"stopped: {failures} trials failed in this session", file=sys.stderr)
+
+    def _progress(self, bar, trial) -> None:
+        pruned = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
+        best = self._best_value()
+        bar.n = min(studies.count_finished(self.study), bar.total)
+        bar.set_postfix_str(f"pruned {pruned}, best val_accuracy {best:.4f}" if best is not None else
+                            f"pruned {pruned}")
+
+    def _best_value(self):
+        try:
+            return self.study.best_value
+        except ValueError:
+            return None
+
+    def _objective(self, trial: optuna.Trial) -> float:
+        point = studies.suggest(trial, self.space)
+        config = TrainConfig(epochs=self.cfg["epochs"], seed=self.cfg["seed"], **point)
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{trial.number:03d}",
+            tags={"mlflow.parentRunId": self.parent_id, "legoexp.kind": "trial", "legoexp.study":
+                  self.cfg["study_name"], "trial_number": str(trial.number), "state": "running"})
+        run_id = run.info.run_id
+        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("owner", studies.OWNER)
+        tracking.log_params(run_id, {**tracking.run_params(config, self.cfg["data"], self.source, self.train_split),
+                                     "trial_number": trial.number, "folds": self.cfg["folds"]})
+        accuracies = []
+        try:
+            for k, (fit_idx, val_idx) in enumerate(self.folds):
+                fit = train(config, self.train_split.images[fit_idx], self.train_split.labels[fit_idx])
+                accuracies.append(evaluate(fit.net, self.train_split.images[val_idx],
+                                           self.train_split.labels[val_idx]).accuracy)
+                trial.report(accuracies[-1], k)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after fold {k + 1}")
+        except optuna.TrialPruned:
+            self._end_trial(run_id, accuracies, "pruned", "FINISHED")
+            raise
+        except Diverged as e:
+            trial.set_user_attr("fail_reason", str(e))
+            self._end_trial(run_id, accuracies, "failed", "FAILED", reason=str(e))
+            raise
+        except KeyboardInterrupt:
+            self._end_trial(run_id, accuracies, "failed", "KILLED", reason="interrupted")
+            raise
+        except Exception as e:
+            self._end_trial(run_id, accuracies, "failed", "FAILED", reason=f"{type(e).__name__}: {e}")
+            raise
+        self._end_trial(run_id, accuracies, "complete", "FINISHED")
+        return float(np.mean(accuracies))
+
+    def _end_trial(self, run_id, accuracies, state, status, reason=None) -> None:
+        metrics = {f"val_accuracy_fold{k}": a for k, a in enumerate(accuracies)}
+        if state == "complete":
+            metrics["val_accuracy"] = float(np.mean(accuracies))
+        tracking.log_metrics(run_id, metrics)
+        self.client.set_tag(run_id, "state", state)
+        if reason:
+            self.client.set_tag(run_id, "fail_reason", reason)
+        self.client.set_terminated(run_id, status)
+
+    # -- after the search ----------------------------------------------------------------------
+    def log_study(self) -> None:
+        """Best params and val_accuracy, and Optuna's plots, on the parent run."""
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as ovm
+
+        best = self.study.best_trial
+        tracking.log_params(self.parent_id, {f"best_{k}": v for k, v in best.params.items()} |
+                            {"best_trial": best.number})
+        tracking.log_metrics(self.parent_id, {"val_accuracy": best.value,
+                                              "finished_trials": studies.count_finished(self.study)})
+        values = [t.value for t in self.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+        figures = {"expected_best_val_accuracy": plots.expected_max_curve(values)}
+        drawers = {"optimization_history": ovm.plot_optimization_history,
+                   "param_importances": ovm.plot_param_importances,
+                   "parallel_coordinate": ovm.plot_parallel_coordinate, "slice": ovm.plot_slice}
+        for name, draw in drawers.items():
+            try:
+                axes = draw(self.study)
+            except (ValueError, RuntimeError) as e:  # e.g. importances need 2+ complete trials
+                print(f"skipped plot {name}: {e}", file=sys.stderr)
+                continue
+            figures[name] = np.ravel(axes)[0].figure
+        with mlflow.start_run(run_id=self.parent_id):
+            tracking.log_figures(figures)
+        plt.close("all")
+
+    def compare_and_register(self, test_split) -> None:
+        best_trial = self.study.best_trial
+        best = TrainConfig(epochs=self.cfg["epochs"], seed=self.cfg["seed"], **best_trial.params)
+        seeds = list(range(self.cfg["seed"], self.cfg["seed"] + self.cfg["seeds"]))
+        print(f"comparing baseline and best (trial {best_trial.number}) over seeds {seeds} on the test split",
+              file=sys.stderr)
+        comparison = compare(self.baseline, best, seeds, self.train_split, test_split,
+                             progress=lambda line: print("  " + line, file=sys.stderr))
+        result = comparison.result
+        run = self.client.create_run(self.experiment_id, run_name="comparison",
+                                     tags={"mlflow.parentRunId": self.parent_id, "legoexp.kind": "comparison",
+                                           "legoexp.study": self.cfg["study_name"], "test": result.test,
+                                           "verdict": result.verdict()})
+        run_id = run.info.run_id
+        params = {"seeds": ",".join(map(str, seeds)), "best_trial": best_trial.number,
+                  "data_digest": self.train_split.digest, "test_digest": test_split.digest}
+        for arm in (comparison.baseline, comparison.best):
+            params |= {f"{arm.name}_{k}": v for k, v in arm.config.as_params().items() if k != "seed"}
+        tracking.log_params(run_id, params)
+        metrics = {"baseline_test_accuracy_mean": result.mean_a, "best_test_accuracy_mean": result.mean_b,
+                   "baseline_test_accuracy_ci_low": result.ci_a[0], "baseline_test_accuracy_ci_high": result.ci_a[1],
+                   "best_test_accuracy_ci_low": result.ci_b[0], "best_test_accuracy_ci_high": result.ci_b[1],
+                   "diff_mean": result.mean_diff, "diff_ci_low": result.ci_diff[0],
+                   "diff_ci_high": result.ci_diff[1], "p_value": result.p_value}
+        tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if math.isfinite(v)})
+        for arm in (comparison.baseline, comparison.best):
+            for seed, acc in zip(seeds, arm.accuracies):
+                tracking.log_metrics(run_id, {f"{arm.name}_test_accuracy": acc}, step=seed)
+        with mlflow.start_run(run_id=run_id):
+            tracking.log_figures({"seed_comparison": plots.seed_comparison(
+                comparison.baseline.accuracies, comparison.best.accuracies, result=result)})
+            models = {arm.name: tracking.log_model(arm.nets[arm.median_index], input_example=test_split.images[:2],
+                                                   name=f"{arm.name}-model")
+                      for arm in (comparison.baseline, comparison.best)}
+        self.client.set_terminated(run_id, "FINISHED")
+        print("\n" + result.as_table() + "\n" + result.verdict())
+
+        name = self.cfg["model_name"]
+        common = {"comparison_run_id": run_id, "study_name": self.cfg["study_name"]}
+        for arm, alias in ((comparison.best, "challenger"), (comparison.baseline, "baseline")):
+            if alias == "baseline" and registry.alias_version(name, "baseline") is not None:
+                continue
+            lo, hi = result.ci_b if arm is comparison.best else result.ci_a
+            value = best_trial.value if arm is comparison.best else self._baseline_value()
+            version = registry.register(models[arm.name].model_uri, name, alias, {
+                **common, "val_accuracy": value, "test_accuracy_mean": np.mean(arm.accuracies),
+                "test_accuracy_ci": f"{lo:.4f}..{hi:.4f}", "seed": comparison.seeds[arm.median_index]})
+            print(f"registered {name} version {version} as @{alias}")
+
+    def _baseline_value(self):
+        point = {k: getattr(self.baseline, k) for k in self.space}
+        for t in self.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+            if t.params == point:
+                return t.value
+        return "n/a"

@@ -1,0 +1,127 @@
+"""The Optuna side of the sweep: search space, storage, sampler, pruner, and trials left behind.
+
+The search space is read from ``conf/search_space.yaml`` and must contain the lab's baseline,
+which every study runs first. Storage is an Optuna URL (``sqlite:///...``,
+``postgresql+psycopg2://...``) or ``journal:PATH`` for Optuna's journal file, the default beside
+the MLflow store. Sampling is seeded TPE (multivariate, constant liar for parallel workers);
+pruning is Optuna's ``WilcoxonPruner``, made for objectives that average over folds. A trial
+left RUNNING by a process that died on this machine is found by the owner it recorded and
+marked FAIL, with its MLflow run KILLED, so a rerun only runs what is missing.
+"""
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from legoexp.config import CONF_DIR, read_yaml
+from legoexp.errors import ConfigError
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+SPACE_KEYS = {"hidden1", "hidden2", "lr", "batch_size"}
+OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def load_space(path: Path | None = None) -> dict:
+    path = path or CONF_DIR / "search_space.yaml"
+    space = read_yaml(path)
+    if set(space) != SPACE_KEYS:
+        raise ConfigError(f"{path}: expected exactly the keys {sorted(SPACE_KEYS)}, got {sorted(space)}")
+    for name, spec in space.items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        keys = {"int": {"type", "low", "high", "log"}, "float": {"type", "low", "high", "log"},
+                "categorical": {"type", "choices"}}.get(kind)
+        if keys is None or not set(spec) <= keys or not set(spec) >= keys - {"log"}:
+            raise ConfigError(f"{path}: {name}: expected {{type: int|float, low, high, log}} or "
+                              "{type: categorical, choices: [...]}")
+    return space
+
+
+def check_contains(space: dict, params: dict, where: str) -> None:
+    """The baseline must be a point of the space, or the study could not run it."""
+    for name, spec in space.items():
+        value = params[name]
+        inside = (value in spec["choices"]) if spec["type"] == "categorical" else spec["low"] <= value <= spec["high"]
+        if not inside:
+            raise ConfigError(f"{where}: {name}={value} of the baseline lies outside the search space {spec}")
+
+
+def suggest(trial: optuna.Trial, space: dict) -> dict:
+    params = {}
+    for name, spec in space.items():
+        if spec["type"] == "int":
+            params[name] = trial.suggest_int(name, spec["low"], spec["high"], log=spec.get("log", False))
+        elif spec["type"] == "float":
+            params[name] = trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False))
+        else:
+            params[name] = trial.suggest_categorical(name, spec["choices"])
+    return params
+
+
+def open_storage(url: str, default_dir: Path):
+    """An Optuna storage for ``url`` ('' = journal file in ``default_dir``); ConfigError if it can't open."""
+    try:
+        if not url or url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url.partition(":")[2] or default_dir / "optuna.journal")
+            if not path.parent.is_dir():
+                raise ConfigError(f"storage={url!r}: directory {path.parent} does not exist")
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
+    except ConfigError:
+        raise
+    except Exception as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"storage={url!r}: cannot open it as an Optuna storage ({first_line})") from None
+
+
+def storage_label(url: str, default_dir: Path) -> str:
+    return url or f"journal:{default_dir / 'optuna.journal'}"
+
+
+def create_study(name: str, storage, seed: int, baseline: dict) -> optuna.Study:
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    pruner = optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    alive = FINISHED + (TrialState.RUNNING, TrialState.WAITING)
+    if not any(t.params == baseline or t.system_attrs.get("fixed_params") == baseline
+               for t in study.get_trials(deepcopy=False, states=alive)):
+        study.enqueue_trial(baseline, user_attrs={"baseline": True})
+    return study
+
+
+def fail_orphans(study: optuna.Study, storage,
+                 on_orphan: Callable[[optuna.trial.FrozenTrial], None]) -> int:
+    """Mark FAIL the RUNNING trials whose recorded owner process on this host is gone."""
+    host = socket.gethostname()
+    study_id = storage.get_study_id_from_name(study.study_name)
+    count = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner_host, _, pid = str(trial.user_attrs.get("owner", "")).partition(":")
+        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, "fail_reason", "its process died")
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        on_orphan(trial)
+        count += 1
+    return count
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))

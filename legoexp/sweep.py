@@ -1,0 +1,107 @@
+"""``python -m legoexp.sweep`` (``mlflow run . -e sweep``): an Optuna study, best vs baseline, registry.
+
+Each trial is scored by stratified k-fold cross-validation of the training split only (the test
+split is not even read until the search is over), reports every fold to the pruner, and is an
+MLflow child run of one parent run per study. Then the baseline and the best configuration are
+trained with the same seeds and compared once on the test split (a ``comparison`` child run),
+and the best configuration's median-seed model is registered with alias ``challenger``.
+``--trials`` counts finished trials of the study, so rerunning the command after an interrupt or
+a crash runs only what is missing.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from dataclasses import replace
+
+from legoexp import config
+from legoexp.baseline import SETTINGS as BASELINE_SETTINGS
+from legoexp.config import Setting, int_range
+from legoexp.errors import ConfigError, run_main
+
+SETTINGS = {
+    "data": BASELINE_SETTINGS["data"],
+    "trials": int_range(1, 100_000),
+    "folds": int_range(2, 100),
+    "seeds": int_range(2, 100),
+    "epochs": BASELINE_SETTINGS["epochs"],
+    "seed": BASELINE_SETTINGS["seed"],
+    "timeout": Setting(float, lambda v: v >= 0, "seconds >= 0 (0 = no limit)"),
+    "study_name": Setting(str, bool, "a non-empty name"),
+    "storage": Setting(str),
+    "experiment_name": Setting(str, bool, "a non-empty name"),
+    "model_name": Setting(str, bool, "a non-empty name"),
+    "search_space": Setting(str),
+}
+HELP = {
+    "trials": "finished (complete or pruned) trials the study must reach",
+    "folds": "cross-validation folds of the training split",
+    "seeds": "seeds of the final baseline-vs-best comparison",
+    "timeout": "stop searching after this many seconds (0: no limit)",
+    "storage": "Optuna storage URL (sqlite:///..., postgresql+psycopg2://...) or journal:PATH; "
+               "default: a journal file beside the MLflow store",
+    "model_name": "registered model to add the best model to",
+    "search_space": "a search-space YAML file (default: conf/search_space.yaml)",
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m legoexp.sweep",
+        description="Search hidden sizes, learning rate and batch size around the lab's baseline with "
+                    "Optuna (cross-validated on the training split), log every trial to MLflow, compare "
+                    "the best with the baseline on the test split over several seeds, register it.",
+        epilog="Defaults: conf/sweep.yaml, search space: conf/search_space.yaml. Rerun the same command "
+               "to resume an interrupted study.")
+    for key, setting in SETTINGS.items():
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=setting.kind,
+                       help=HELP.get(key, "default: conf/sweep.yaml"))
+    p.add_argument("--config", metavar="FILE", help="an experiments/*.yaml file of overrides")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    started = time.perf_counter()
+    args = parse_args(argv)
+    cfg = config.resolve("sweep", SETTINGS, args.config, {k: getattr(args, k) for k in SETTINGS})
+    lab = config.resolve("baseline", BASELINE_SETTINGS, None, {})
+
+    from legoexp import study as studies
+    from legoexp.data import load_split, open_source
+    from legoexp.train import TrainConfig
+
+    space = studies.load_space(Path(cfg["search_space"]) if cfg["search_space"] else None)
+    baseline = TrainConfig(**{k: lab[k] for k in ("lr", "batch_size", "hidden1", "hidden2")},
+                           epochs=cfg["epochs"], seed=cfg["seed"])
+    baseline_point = {k: getattr(baseline, k) for k in space}
+    studies.check_contains(space, baseline_point, cfg["search_space"] or "conf/search_space.yaml")
+    source = open_source(cfg["data"])
+    train_split = load_split(source, "train")  # the test split is read only after the search
+    smallest = int(min((train_split.labels == c).sum() for c in range(10)))
+    if cfg["folds"] > smallest:
+        raise ConfigError(f"folds={cfg['folds']}: the smallest class of {train_split.where} has only "
+                          f"{smallest} images; expected folds <= {smallest}")
+
+    import mlflow
+
+    from legoexp import tracking
+    from legoexp.search import Search
+
+    store_dir = tracking.store_directory()
+    storage = studies.open_storage(cfg["storage"], store_dir)  # a bad URL fails before anything is created
+    tracking.use_experiment(cfg["experiment_name"])
+    search = Search(cfg, space, baseline, source, train_split, storage,
+                    storage_label=studies.storage_label(cfg["storage"], store_dir))
+    with search.parent_run():
+        search.run()
+        search.log_study()
+        test_split = load_split(source, "test")
+        search.compare_and_register(test_split)
+    print(f"done in {time.perf_counter() - started:.1f} s; see it: mlflow ui --backend-store-uri "
+          f"{mlflow.get_tracking_uri()}  then open {search.parent_url}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
