@@ -135,8 +135,9 @@ def expected_max(values, n_max: int | None = None) -> np.ndarray:
     """Expected best of n results drawn uniformly with replacement from ``values``, for
     n = 1..n_max (default: the number of non-NaN values). Starts at the mean, rises to the max."""
     v, weights = _max_weights(values, n_max)
-    # Rounding can make a flat stretch wobble by 1e-16; the true curve never goes down.
-    return np.minimum(np.maximum.accumulate(weights @ v), v[-1])
+    # Rounding can make a flat stretch wobble by 1e-16; the true curve never goes down and
+    # never leaves [min, max] (so equal values give exactly that value).
+    return np.clip(np.maximum.accumulate(weights @ v), v[0], v[-1])
 
 
 def expected_max_std(values, n_max: int | None = None) -> np.ndarray:

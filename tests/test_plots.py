@@ -189,3 +189,46 @@ def test_normalised_network_input_is_rejected_rather_than_drawn_black():
     normalised = (bricks(2).astype(np.float32) / 255 - 0.13) / 0.31
     with pytest.raises(ValueError):
         plots.sample_grid(normalised, np.array([0, 1]))
+
+
+from legoexp import stats  # noqa: E402  (the statistics plots' tests, kept together)
+
+SEEDS_A = [0.8845, 0.8293, 0.8650, 0.8532, 0.8546]
+SEEDS_B = [0.8978, 0.8281, 0.8781, 0.8613, 0.8962]
+TRIALS = [0.62, 0.81, float("nan"), 0.74, 0.88, 0.81, 0.55, 0.79]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: plots.seed_comparison(SEEDS_A, SEEDS_B),
+    lambda: plots.seed_comparison(SEEDS_A, SEEDS_B, result=stats.paired_comparison(SEEDS_A, SEEDS_B)),
+    lambda: plots.expected_max_curve(TRIALS),
+], ids=["seed_comparison", "seed_comparison_with_result", "expected_max_curve"])
+def test_statistics_plots_render_to_a_non_empty_png(make):
+    fig = make()
+    assert isinstance(fig, Figure)
+    data = png_bytes(fig)
+    assert data.startswith(PNG_MAGIC) and len(data) > 1000
+
+
+def test_seed_comparison_joins_each_seed_and_titles_the_difference_and_p_value():
+    result = stats.paired_comparison(SEEDS_A, SEEDS_B)
+    ax = plots.seed_comparison(SEEDS_A, SEEDS_B, "base", "tuned", result=result).axes[0]
+    seed_lines = [l for l in ax.get_lines() if len(l.get_xdata()) == 2 and l.get_color() == "grey"]
+    assert [tuple(l.get_ydata()) for l in seed_lines] == list(zip(SEEDS_A, SEEDS_B))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["base", "tuned"]
+    assert ax.get_ylabel() == "test accuracy"
+    assert "+0.0150" in ax.get_title() and "p=0.104" in ax.get_title()
+
+
+def test_seed_comparison_rejects_unpaired_scores():
+    with pytest.raises(ValueError):
+        plots.seed_comparison([0.8, 0.9], [0.8])
+
+
+def test_expected_max_curve_plots_the_stats_curve_over_one_to_n_trials():
+    ax = plots.expected_max_curve(TRIALS).axes[0]
+    (curve,) = [l for l in ax.get_lines() if l.get_label() == "expected best"]
+    np.testing.assert_array_equal(curve.get_xdata(), np.arange(1, 8))
+    np.testing.assert_allclose(curve.get_ydata(), stats.expected_max(TRIALS))
+    assert ax.get_xlabel() == "number of trials"
+    assert ax.get_ylabel() == "expected best val_accuracy"

@@ -29,7 +29,8 @@ def test_mean_ci_narrows_with_lower_confidence():
 
 @pytest.mark.parametrize("values", [[0.9], [0.7, 0.7, 0.7]], ids=["one_value", "zero_spread"])
 def test_mean_ci_of_one_value_or_zero_spread_is_the_mean_itself(values):
-    assert stats.mean_ci(values) == (values[0], values[0], values[0])
+    mean, low, high = stats.mean_ci(values)
+    assert low == mean == high == pytest.approx(values[0])
 
 
 def test_mean_ci_rejects_empty_and_nan_input():

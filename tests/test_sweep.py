@@ -1,0 +1,198 @@
+"""`python -m legoexp.sweep`: real Optuna, real MLflow on temporary stores, generated data, few epochs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from conftest import run_module
+
+TINY = ["--folds", "2", "--seeds", "2", "--epochs", "2"]
+
+
+def _sweep(env, *args, study=None, timeout=600):
+    study = study or f"study-{uuid.uuid4().hex[:8]}"
+    proc = run_module("legoexp.sweep", "--study-name", study, "--experiment-name", study, *args,
+                      env=env, timeout=timeout)
+    return proc, study
+
+
+def _study(env_dir, name):
+    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(env_dir / "optuna.journal"))))
+
+
+def _runs(name):
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def _store_dir(tracking_uri):
+    from pathlib import Path
+
+    return Path(tracking_uri[len("sqlite:///"):]).parent
+
+
+@pytest.mark.slow
+def test_a_small_sweep_logs_parent_trials_comparison_and_registers(mlflow_env, tracking_uri):
+    proc, name = _sweep(mlflow_env, "--trials", "4", *TINY, "--model-name", "lego-small")
+    assert proc.returncode == 0, proc.stderr
+    assert "paired t-test" in proc.stdout and "@challenger" in proc.stdout
+
+    runs = _runs(name)
+    kinds = sorted(r.data.tags["legoexp.kind"] for r in runs)
+    assert kinds == ["comparison", "sweep", "trial", "trial", "trial", "trial"]
+    assert all(r.info.status != "RUNNING" for r in runs)
+    parent = next(r for r in runs if r.data.tags["legoexp.kind"] == "sweep")
+    children = [r for r in runs if r is not parent]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    trials = sorted((r for r in runs if r.data.tags["legoexp.kind"] == "trial"),
+                    key=lambda r: int(r.data.params["trial_number"]))
+    assert [r.info.run_name for r in trials] == ["trial-000", "trial-001", "trial-002", "trial-003"]
+    first = trials[0].data.params  # the lab's baseline is trial 0
+    assert (first["hidden1"], first["hidden2"], first["lr"], first["batch_size"]) == ("128", "64", "0.04", "34")
+    for r in trials:
+        assert {"hidden1", "hidden2", "lr", "batch_size", "epochs", "seed", "data_digest"} <= set(r.data.params)
+        assert r.data.tags["state"] in {"complete", "pruned"}
+        if r.data.tags["state"] == "complete":
+            folds = [r.data.metrics[f"val_accuracy_fold{k}"] for k in range(2)]
+            assert r.data.metrics["val_accuracy"] == pytest.approx(np.mean(folds))
+    client = MlflowClient()
+    parent_plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/param_importances.png", "plots/parallel_coordinate.png",
+            "plots/slice.png", "plots/expected_best_val_accuracy.png"} <= parent_plots
+    assert "val_accuracy" in parent.data.metrics and "best_hidden1" in parent.data.params
+
+    comparison = next(r for r in runs if r.data.tags["legoexp.kind"] == "comparison")
+    assert comparison.data.tags["test"] == "paired t-test"
+    assert {"diff_mean", "diff_ci_low", "diff_ci_high", "p_value", "best_test_accuracy_mean"} <= set(comparison.data.metrics)
+    assert len(client.get_metric_history(comparison.info.run_id, "best_test_accuracy")) == 2
+
+    challenger = client.get_model_version_by_alias("lego-small", "challenger")
+    assert challenger.tags["comparison_run_id"] == comparison.info.run_id
+    assert challenger.tags["study_name"] == name and "val_accuracy" in challenger.tags
+    assert client.get_model_version_by_alias("lego-small", "baseline").version != challenger.version
+    import mlflow
+
+    from legoexp.data import load_split, open_source
+
+    test = load_split(open_source("synthetic"), "test")
+    out = mlflow.pyfunc.load_model("models:/lego-small@challenger").predict(test.images[:5])
+    assert len(out) == 5 and set(out.columns) == {"label", "class_name", "probabilities"}
+
+
+@pytest.mark.slow
+def test_the_test_split_is_not_read_until_the_search_is_over(mlflow_env, tracking_uri, tmp_path):
+    from legoexp.data import load_split, open_source
+
+    train = load_split(open_source("synthetic"), "train")
+    data = tmp_path / "data"
+    data.mkdir()
+    np.savez(data / "train.npz", images=train.images, labels=train.labels)
+    (data / "test.npz").write_bytes(b"not an npz: reading it fails")
+    proc, name = _sweep(mlflow_env, "--data", data, "--trials", "3", *TINY)
+    assert proc.returncode == 2
+    assert "test.npz: not a readable .npz file" in proc.stderr
+    study = _study(_store_dir(tracking_uri), name)  # ... and yet the whole search had run
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+    assert all(r.info.status != "RUNNING" for r in _runs(name))
+
+
+@pytest.mark.slow
+def test_kill_9_mid_sweep_then_rerun_ends_with_exactly_n_trials_and_nothing_running(mlflow_env, tracking_uri):
+    name = f"study-{uuid.uuid4().hex[:8]}"
+    args = [sys.executable, "-m", "legoexp.sweep", "--study-name", name, "--experiment-name", name,
+            "--trials", "6", "--folds", "2", "--seeds", "2", "--epochs", "4"]
+    victim = subprocess.Popen(args, env=mlflow_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = _store_dir(tracking_uri) / "optuna.journal"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill it while a trial is running, after some have finished
+        time.sleep(0.2)
+        if not journal.exists():
+            continue
+        try:
+            trials = _study(journal.parent, name).get_trials()
+        except KeyError:
+            continue
+        finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        if finished >= 2 and any(t.state == TrialState.RUNNING for t in trials):
+            break
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert any(t.state == TrialState.RUNNING for t in _study(journal.parent, name).get_trials())
+
+    proc = subprocess.run(args, env=mlflow_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "marked 1 trial(s) of a dead process as failed" in proc.stderr
+    trials = _study(journal.parent, name).get_trials()
+    assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 6
+    assert [t.number for t in trials] == list(range(len(trials)))  # no duplicate trial numbers
+    assert not any(t.state == TrialState.RUNNING for t in trials)
+    runs = _runs(name)
+    assert not any(r.info.status == "RUNNING" for r in runs)
+    assert sum(r.data.tags["legoexp.kind"] == "sweep" for r in runs) == 1  # the rerun reused the parent
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert len(killed) == 1 and killed[0].data.tags["fail_reason"] == "its process died"
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_is_recorded_and_the_study_goes_on(mlflow_env, tracking_uri, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("hidden1: {type: categorical, choices: [128]}\nhidden2: {type: categorical, choices: [64]}\n"
+                     "lr: {type: categorical, choices: [0.04, 100000.0]}\nbatch_size: {type: categorical, choices: [34]}\n")
+    proc, name = _sweep(mlflow_env, "--trials", "3", "--search-space", space, *TINY)
+    assert proc.returncode == 0, proc.stderr
+    trials = _study(_store_dir(tracking_uri), name).get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all("training loss became" in t.user_attrs["fail_reason"] for t in failed)
+    assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 3
+    failed_runs = [r for r in _runs(name) if r.data.tags.get("state") == "failed"]
+    assert len(failed_runs) == len(failed)
+    assert all(r.info.status == "FAILED" and "loss became" in r.data.tags["fail_reason"] for r in failed_runs)
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_sequence_of_trial_params(mlflow_env, tracking_uri):
+    sequences = []
+    for _ in range(2):
+        proc, name = _sweep(mlflow_env, "--trials", "4", "--seed", "3", *TINY)
+        assert proc.returncode == 0, proc.stderr
+        sequences.append([t.params for t in _study(_store_dir(tracking_uri), name).get_trials()])
+    assert sequences[0] == sequences[1]
+    assert len({tuple(sorted(p.items())) for p in sequences[0]}) > 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trials", "0"], "trials=0; expected an integer 1..100000"),
+    (["--folds", "1"], "folds=1; expected an integer 2..100"),
+    (["--storage", "postgresql+psycopg2://nobody@127.0.0.1:1/none"], "cannot open it as an Optuna storage"),
+    (["--storage", "journal:/no/such/dir/x.journal"], "directory /no/such/dir does not exist"),
+    (["--folds", "60"], "folds=60: the smallest class"),
+])
+def test_bad_options_are_one_line_exit_2_and_create_nothing(mlflow_env, tracking_uri, args, message):
+    before = set(_store_dir(tracking_uri).iterdir())
+    proc, name = _sweep(mlflow_env, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.strip().count("\n") == 0
+    assert message in proc.stderr
+    assert _runs(name) == []
+    assert set(_store_dir(tracking_uri).iterdir()) == before
+
+
+def test_an_unknown_key_in_a_config_file_is_refused(mlflow_env, tmp_path):
+    bad = tmp_path / "exp.yaml"
+    bad.write_text("trials: 3\nlearning_rate: 0.1\n")
+    proc, name = _sweep(mlflow_env, "--config", bad)
+    assert proc.returncode == 2
+    assert f"{bad}: unknown key 'learning_rate'" in proc.stderr
+    assert _runs(name) == []
