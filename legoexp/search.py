@@ -22,6 +22,7 @@ from tqdm import tqdm
 from legoexp import plots, registry, tracking
 from legoexp import study as studies
 from legoexp.compare import compare
+from legoexp.errors import ConfigError
 from legoexp.evaluate import evaluate
 from legoexp.train import Diverged, TrainConfig, train
 
@@ -41,6 +42,15 @@ class Search:
                               mlflow.get_experiment_by_name(cfg["experiment_name"]).experiment_id)
         self.study = studies.create_study(cfg["study_name"], storage, cfg["seed"],
                                           {k: getattr(baseline, k) for k in space})
+        settings = {"folds": cfg["folds"], "epochs": cfg["epochs"], "seed": cfg["seed"],
+                     "data_digest": train_split.digest, "search_space": space}
+        previous = self.study.user_attrs.get("settings")
+        if previous is None:
+            self.study.set_user_attr("settings", settings)
+        elif previous != settings:
+            changed = ", ".join(f"{k}={previous[k]!r}" for k in settings if previous.get(k) != settings[k])
+            raise ConfigError(f"study {cfg['study_name']!r} was run with {changed}: rerun it with the same "
+                              "settings, or start a new study with another --study-name")
         folds = StratifiedKFold(cfg["folds"], shuffle=True, random_state=cfg["seed"])
         self.folds = list(folds.split(np.zeros(len(train_split)), train_split.labels))
         self.params = {"study_name": cfg["study_name"], "storage": storage_label, "folds": cfg["folds"],
@@ -131,6 +141,7 @@ class Search:
             return None
 
     def _objective(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("owner", studies.OWNER)  # first, so a crash from here on is recognisable
         point = studies.suggest(trial, self.space)
         config = TrainConfig(epochs=self.cfg["epochs"], seed=self.cfg["seed"], **point)
         run = self.client.create_run(
@@ -139,7 +150,6 @@ class Search:
                   self.cfg["study_name"], "trial_number": str(trial.number), "state": "running"})
         run_id = run.info.run_id
         trial.set_user_attr("mlflow_run_id", run_id)
-        trial.set_user_attr("owner", studies.OWNER)
         tracking.log_params(run_id, {**tracking.run_params(config, self.cfg["data"], self.source, self.train_split),
                                      "trial_number": trial.number, "folds": self.cfg["folds"]})
         accuracies = []
@@ -184,8 +194,9 @@ class Search:
         from optuna.visualization import matplotlib as ovm
 
         best = self.study.best_trial
-        tracking.log_params(self.parent_id, {f"best_{k}": v for k, v in best.params.items()} |
-                            {"best_trial": best.number})
+        # tags, not params: a resumed study with more trials may find a new best
+        tracking.set_tags(self.parent_id, {f"best_{k}": v for k, v in best.params.items()} |
+                          {"best_trial": best.number})
         tracking.log_metrics(self.parent_id, {"val_accuracy": best.value,
                                               "finished_trials": studies.count_finished(self.study)})
         values = [t.value for t in self.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
@@ -204,6 +215,11 @@ class Search:
             tracking.log_figures(figures)
         plt.close("all")
 
+    def needs_comparison(self) -> bool:
+        """False when this study's best trial was already compared and registered (a rerun)."""
+        done = self.client.get_run(self.parent_id).data.tags.get("compared_trial")
+        return done != str(self.study.best_trial.number)
+
     def compare_and_register(self, test_split) -> None:
         best_trial = self.study.best_trial
         best = TrainConfig(epochs=self.cfg["epochs"], seed=self.cfg["seed"], **best_trial.params)
@@ -218,6 +234,18 @@ class Search:
                                            "legoexp.study": self.cfg["study_name"], "test": result.test,
                                            "verdict": result.verdict()})
         run_id = run.info.run_id
+        try:
+            models = self._log_comparison(run_id, comparison, best_trial, test_split)
+        except BaseException as e:
+            self.client.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+        print("\n" + result.as_table() + "\n" + result.verdict())
+        self._register(models, comparison, best_trial, run_id)
+        self.client.set_tag(self.parent_id, "compared_trial", str(best_trial.number))
+
+    def _log_comparison(self, run_id, comparison, best_trial, test_split) -> dict:
+        result, seeds = comparison.result, comparison.seeds
         params = {"seeds": ",".join(map(str, seeds)), "best_trial": best_trial.number,
                   "data_digest": self.train_split.digest, "test_digest": test_split.digest}
         for arm in (comparison.baseline, comparison.best):
@@ -238,9 +266,10 @@ class Search:
             models = {arm.name: tracking.log_model(arm.nets[arm.median_index], input_example=test_split.images[:2],
                                                    name=f"{arm.name}-model")
                       for arm in (comparison.baseline, comparison.best)}
-        self.client.set_terminated(run_id, "FINISHED")
-        print("\n" + result.as_table() + "\n" + result.verdict())
+        return models
 
+    def _register(self, models, comparison, best_trial, run_id) -> None:
+        result = comparison.result
         name = self.cfg["model_name"]
         common = {"comparison_run_id": run_id, "study_name": self.cfg["study_name"]}
         for arm, alias in ((comparison.best, "challenger"), (comparison.baseline, "baseline")):

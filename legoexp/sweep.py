@@ -96,8 +96,10 @@ def main(argv=None) -> int:
     with search.parent_run():
         search.run()
         search.log_study()
-        test_split = load_split(source, "test")
-        search.compare_and_register(test_split)
+        if search.needs_comparison():
+            search.compare_and_register(load_split(source, "test"))  # the first read of the test split
+        else:
+            print("the best trial was already compared and registered; nothing left to do", file=sys.stderr)
     print(f"done in {time.perf_counter() - started:.1f} s; see it: mlflow ui --backend-store-uri "
           f"{mlflow.get_tracking_uri()}  then open {search.parent_url}", file=sys.stderr)
     return 0

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import mlflow
 from mlflow.data.code_dataset_source import CodeDatasetSource
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from legoexp.data import Source, Split
@@ -53,6 +53,10 @@ def run_params(config: TrainConfig, data: str, source: Source, train: Split) -> 
 
 def log_params(run_id: str, params: dict) -> None:
     MlflowClient().log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+
+def set_tags(run_id: str, tags: dict) -> None:
+    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:

@@ -71,7 +71,7 @@ def test_a_small_sweep_logs_parent_trials_comparison_and_registers(mlflow_env, t
     parent_plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/optimization_history.png", "plots/param_importances.png", "plots/parallel_coordinate.png",
             "plots/slice.png", "plots/expected_best_val_accuracy.png"} <= parent_plots
-    assert "val_accuracy" in parent.data.metrics and "best_hidden1" in parent.data.params
+    assert "val_accuracy" in parent.data.metrics and "best_hidden1" in parent.data.tags
 
     comparison = next(r for r in runs if r.data.tags["legoexp.kind"] == "comparison")
     assert comparison.data.tags["test"] == "paired t-test"
@@ -89,6 +89,14 @@ def test_a_small_sweep_logs_parent_trials_comparison_and_registers(mlflow_env, t
     test = load_split(open_source("synthetic"), "test")
     out = mlflow.pyfunc.load_model("models:/lego-small@challenger").predict(test.images[:5])
     assert len(out) == 5 and set(out.columns) == {"label", "class_name", "probabilities"}
+
+    again, _ = _sweep(mlflow_env, "--trials", "4", *TINY, "--model-name", "lego-small", study=name)
+    assert again.returncode == 0, again.stderr
+    assert "nothing left to do" in again.stderr
+    assert len(_runs(name)) == len(runs)  # a finished study reruns nothing
+    changed, _ = _sweep(mlflow_env, "--trials", "4", "--folds", "3", "--seeds", "2", "--epochs", "2", study=name)
+    assert changed.returncode == 2
+    assert f"study {name!r} was run with folds=2" in changed.stderr
 
 
 @pytest.mark.slow
@@ -125,7 +133,8 @@ def test_kill_9_mid_sweep_then_rerun_ends_with_exactly_n_trials_and_nothing_runn
         except KeyError:
             continue
         finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-        if finished >= 2 and any(t.state == TrialState.RUNNING for t in trials):
+        if finished >= 2 and any(t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
+                                 for t in trials):  # a trial is training
             break
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
