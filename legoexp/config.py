@@ -21,14 +21,14 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 @dataclass(frozen=True)
 class Setting:
-    kind: type  # int, float, str or bool
+    kind: type  # int, float or str
     check: Callable[[Any], bool] = lambda v: True
     expected: str = ""
 
     def coerce(self, key: str, value, where: str):
         try:
             value = _CONVERT[self.kind](value)
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError):
             raise ConfigError(f"{where}: {key}={value!r}; expected {self.description}") from None
         if not self.check(value):
             raise ConfigError(f"{where}: {key}={value!r}; expected {self.description}")
@@ -51,11 +51,7 @@ def _to_float(value) -> float:
     return float(value)  # also takes YAML's '4e-2', which PyYAML reads as a string
 
 
-def _to_bool(value) -> bool:
-    return value if isinstance(value, bool) else {"true": True, "false": False}[str(value).lower()]
-
-
-_CONVERT = {int: _to_int, float: _to_float, bool: _to_bool, str: str}
+_CONVERT = {int: _to_int, float: _to_float, str: str}
 
 
 def int_range(lo: int, hi: int) -> Setting:

@@ -257,9 +257,8 @@ class Search:
                    "diff_mean": result.mean_diff, "diff_ci_low": result.ci_diff[0],
                    "diff_ci_high": result.ci_diff[1], "p_value": result.p_value}
         tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if math.isfinite(v)})
-        for arm in (comparison.baseline, comparison.best):
-            for seed, acc in zip(seeds, arm.accuracies):
-                tracking.log_metrics(run_id, {f"{arm.name}_test_accuracy": acc}, step=seed)
+        tracking.log_history(run_id, {f"{arm.name}_test_accuracy": arm.accuracies
+                                      for arm in (comparison.baseline, comparison.best)}, first_step=seeds[0])
         with mlflow.start_run(run_id=run_id):
             tracking.log_figures({"seed_comparison": plots.seed_comparison(
                 comparison.baseline.accuracies, comparison.best.accuracies, result=result)})
@@ -277,14 +276,16 @@ class Search:
                 continue
             lo, hi = result.ci_b if arm is comparison.best else result.ci_a
             value = best_trial.value if arm is comparison.best else self._baseline_value()
-            version = registry.register(models[arm.name].model_uri, name, alias, {
-                **common, "val_accuracy": value, "test_accuracy_mean": np.mean(arm.accuracies),
-                "test_accuracy_ci": f"{lo:.4f}..{hi:.4f}", "seed": comparison.seeds[arm.median_index]})
+            tags = {**common, "test_accuracy_mean": np.mean(arm.accuracies),
+                    "test_accuracy_ci": f"{lo:.4f}..{hi:.4f}", "seed": comparison.seeds[arm.median_index]}
+            if value is not None:
+                tags["val_accuracy"] = value
+            version = registry.register(models[arm.name].model_uri, name, alias, tags)
             print(f"registered {name} version {version} as @{alias}")
 
-    def _baseline_value(self):
-        point = {k: getattr(self.baseline, k) for k in self.space}
-        for t in self.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-            if t.params == point:
+    def _baseline_value(self) -> float | None:
+        """val_accuracy of the study's baseline trial; None if it was pruned or failed."""
+        for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if t.user_attrs.get("baseline"):
                 return t.value
-        return "n/a"
+        return None

@@ -64,11 +64,11 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
-def log_history(run_id: str, history: dict[str, list[float]]) -> None:
-    """Per-epoch metrics, step = epoch number (1-based), in one batch."""
+def log_history(run_id: str, history: dict[str, list[float]], first_step: int = 1) -> None:
+    """Series of metrics in one batch: step = epoch number (from 1), or e.g. the seed."""
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(v), now, epoch)
-               for key, values in history.items() for epoch, v in enumerate(values, start=1)]
+    metrics = [Metric(key, float(v), now, step)
+               for key, values in history.items() for step, v in enumerate(values, start=first_step)]
     MlflowClient().log_batch(run_id, metrics=metrics)
 
 

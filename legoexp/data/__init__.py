@@ -11,6 +11,7 @@ labels (N,), whatever the source; a bad input is a ``DataError`` naming the file
 import hashlib
 import zipfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ class Split:
     labels: np.ndarray
     where: str
 
-    @property
+    @cached_property  # hashed once: every trial logs it
     def digest(self) -> str:
         h = hashlib.sha256()
         for a in (self.images, self.labels):
