@@ -276,8 +276,12 @@ class Search:
                 continue
             lo, hi = result.ci_b if arm is comparison.best else result.ci_a
             value = best_trial.value if arm is comparison.best else self._baseline_value()
-            tags = {**common, "test_accuracy_mean": np.mean(arm.accuracies),
-                    "test_accuracy_ci": f"{lo:.4f}..{hi:.4f}", "seed": comparison.seeds[arm.median_index]}
+            # the version's training config and data, so promotion can retrain it with other seeds
+            config = {k: v for k, v in arm.config.as_params().items() if k != "seed"}
+            tags = {**common, **config, "data": self.cfg["data"], "data_source": self.source.uri,
+                    "data_digest": self.train_split.digest, "test_accuracy_mean": np.mean(arm.accuracies),
+                    "test_accuracy_ci": f"{lo:.4f}..{hi:.4f}", "seed": comparison.seeds[arm.median_index],
+                    "seeds": ",".join(map(str, comparison.seeds))}
             if value is not None:
                 tags["val_accuracy"] = value
             version = registry.register(models[arm.name].model_uri, name, alias, tags)

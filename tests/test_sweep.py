@@ -81,6 +81,7 @@ def test_a_small_sweep_logs_parent_trials_comparison_and_registers(mlflow_env, t
     challenger = client.get_model_version_by_alias("lego-small", "challenger")
     assert challenger.tags["comparison_run_id"] == comparison.info.run_id
     assert challenger.tags["study_name"] == name and "val_accuracy" in challenger.tags
+    assert {"hidden1", "hidden2", "lr", "batch_size", "epochs", "data_source", "data_digest"} <= set(challenger.tags)
     assert client.get_model_version_by_alias("lego-small", "baseline").version != challenger.version
     import mlflow
 
