@@ -16,15 +16,13 @@ import mlflow
 import numpy as np
 import optuna
 from mlflow.tracking import MlflowClient
-from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
-from legoexp import plots, registry, tracking
+from legoexp import cv, plots, registry, tracking
 from legoexp import study as studies
 from legoexp.compare import compare
 from legoexp.errors import ConfigError
-from legoexp.evaluate import evaluate
-from legoexp.train import Diverged, TrainConfig, train
+from legoexp.train import Diverged, TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # WilcoxonPruner and the matplotlib plots are marked experimental; the warnings say nothing to a user
@@ -51,8 +49,9 @@ class Search:
             changed = ", ".join(f"{k}={previous[k]!r}" for k in settings if previous.get(k) != settings[k])
             raise ConfigError(f"study {cfg['study_name']!r} was run with {changed}: rerun it with the same "
                               "settings, or start a new study with another --study-name")
-        folds = StratifiedKFold(cfg["folds"], shuffle=True, random_state=cfg["seed"])
-        self.folds = list(folds.split(np.zeros(len(train_split)), train_split.labels))
+        self.folds = cv.fold_indices(train_split.labels, cfg["folds"], cfg["seed"])
+        self.runner = cv.FoldRunner(train_split.images, train_split.labels,
+                                    processes=min(cfg["folds"], os.cpu_count() or 1))
         self.params = {"study_name": cfg["study_name"], "storage": storage_label, "folds": cfg["folds"],
                        "sampler": "TPESampler(multivariate, constant_liar, seed)",
                        "pruner": "WilcoxonPruner(p_threshold=0.1)", "search_space": str(space)}
@@ -92,6 +91,8 @@ class Search:
         except BaseException:
             self.client.set_terminated(run_id, "FAILED")
             raise
+        finally:
+            self.runner.close()
         self.client.set_terminated(run_id, "FINISHED")
 
     def _run_exists(self, run_id) -> bool:
@@ -154,13 +155,12 @@ class Search:
                                      "trial_number": trial.number, "folds": self.cfg["folds"]})
         accuracies = []
         try:
-            for k, (fit_idx, val_idx) in enumerate(self.folds):
-                fit = train(config, self.train_split.images[fit_idx], self.train_split.labels[fit_idx])
-                accuracies.append(evaluate(fit.net, self.train_split.images[val_idx],
-                                           self.train_split.labels[val_idx]).accuracy)
-                trial.report(accuracies[-1], k)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned after fold {k + 1}")
+            with contextlib.closing(self.runner.accuracies(config, self.folds)) as fold_results:
+                for k, accuracy in enumerate(fold_results):
+                    accuracies.append(accuracy)
+                    trial.report(accuracy, k)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned after fold {k + 1}")
         except optuna.TrialPruned:
             self._end_trial(run_id, accuracies, "pruned", "FINISHED")
             raise

@@ -4,7 +4,8 @@ It does what the lab's loop does, faster and reproducibly: images are normalised
 ((x/255 - 0.13)/0.31) instead of per batch; each epoch's shuffle comes from a NumPy generator
 seeded with the run's seed (the lab's DataLoader used the unseeded global one); the network,
 softmax cross-entropy and the batch statistics run as one hybridized graph with static memory;
-SGD updates through Gluon's Trainer with the lab's ``step(batch_size)`` scaling; the loss and
+SGD updates each parameter with one ``sgd_update`` call at the lab's ``step(batch_size)`` scaling
+(the same arithmetic as Gluon's Trainer without its per-step Python bookkeeping); the loss and
 accuracy are read back once per epoch, not per batch. The same config and data give the same
 numbers in any process. A non-finite loss stops training at that epoch with ``Diverged``.
 """
@@ -46,8 +47,11 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
     def __init__(self, epoch: int, loss: float):
-        super().__init__(f"training loss became {loss} at epoch {epoch}")
+        super().__init__(epoch, loss)  # args that rebuild it, so it crosses process boundaries
         self.epoch, self.loss = epoch, loss
+
+    def __str__(self) -> str:
+        return f"training loss became {self.loss} at epoch {self.epoch}"
 
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -83,7 +87,8 @@ def train(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
     net = build_net(config.hidden1, config.hidden2, seed=config.seed)
     step = _TrainStep(net)
     step.hybridize(static_alloc=True, static_shape=True)
-    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": config.lr})
+    params = list(net.collect_params().values())
+    weights, grads = [p.data() for p in params], [p.grad() for p in params]
     rng = np.random.default_rng(config.seed)
     history: dict[str, list[float]] = {"train_loss": [], "train_accuracy": []}
     for epoch in range(1, config.epochs + 1):
@@ -96,7 +101,8 @@ def train(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
             with autograd.record():
                 loss, batch_stats = step(xb, yb)
             loss.backward()
-            trainer.step(xb.shape[0])
+            for w, g in zip(weights, grads):
+                nd.sgd_update(w, g, lr=config.lr, wd=0.0, rescale_grad=1.0 / xb.shape[0], out=w)
             stats.append(batch_stats)
         loss_sum, correct = nd.add_n(*stats).asnumpy().tolist()
         metrics = {"train_loss": loss_sum / n, "train_accuracy": correct / n}

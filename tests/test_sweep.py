@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -37,9 +38,14 @@ def _runs(name):
     return [] if experiment is None else client.search_runs([experiment.experiment_id])
 
 
-def _store_dir(tracking_uri):
-    from pathlib import Path
+def _running(pid) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
+
+def _store_dir(tracking_uri):
     return Path(tracking_uri[len("sqlite:///"):]).parent
 
 
@@ -137,8 +143,14 @@ def test_kill_9_mid_sweep_then_rerun_ends_with_exactly_n_trials_and_nothing_runn
         if finished >= 2 and any(t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
                                  for t in trials):  # a trial is training
             break
+    children = Path(f"/proc/{victim.pid}/task/{victim.pid}/children").read_text().split()
+    assert children  # its fold workers
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
+    deadline = time.time() + 20
+    while any(map(_running, children)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_running, children)), "workers outlived the sweep"
     assert any(t.state == TrialState.RUNNING for t in _study(journal.parent, name).get_trials())
 
     proc = subprocess.run(args, env=mlflow_env, capture_output=True, text=True, timeout=600)
