@@ -10,18 +10,20 @@ import contextlib
 import math
 import os
 import sys
+import time
 import warnings
 
 import mlflow
 import numpy as np
 import optuna
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 from tqdm import tqdm
 
-from legoexp import cv, plots, registry, tracking
+from legoexp import cv, plots, registry, tracking, workers
 from legoexp import study as studies
 from legoexp.compare import compare
-from legoexp.errors import ConfigError
+from legoexp.errors import ConfigError, UserError
 from legoexp.train import Diverged, TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -50,8 +52,8 @@ class Search:
             raise ConfigError(f"study {cfg['study_name']!r} was run with {changed}: rerun it with the same "
                               "settings, or start a new study with another --study-name")
         self.folds = cv.fold_indices(train_split.labels, cfg["folds"], cfg["seed"])
-        self.runner = cv.FoldRunner(train_split.images, train_split.labels,
-                                    processes=min(cfg["folds"], os.cpu_count() or 1))
+        cores_each = max(1, (os.cpu_count() or 1) // cfg["jobs"])
+        self.runner = cv.FoldRunner(train_split.images, train_split.labels, processes=min(cfg["folds"], cores_each))
         self.params = {"study_name": cfg["study_name"], "storage": storage_label, "folds": cfg["folds"],
                        "sampler": "TPESampler(multivariate, constant_liar, seed)",
                        "pruner": "WilcoxonPruner(p_threshold=0.1)", "search_space": str(space)}
@@ -95,6 +97,14 @@ class Search:
             self.runner.close()
         self.client.set_terminated(run_id, "FINISHED")
 
+    def join(self, parent_id: str | None) -> None:
+        """A worker: log trials under the study's parent run, which the main sweep created."""
+        parent_id = parent_id or self.study.user_attrs.get("mlflow_parent_run_id")
+        if not parent_id or not self._run_exists(parent_id):
+            raise UserError(f"study {self.cfg['study_name']!r} has no parent run yet: start the main "
+                            "`python -m legoexp.sweep` (without --worker) first")
+        self.parent_id = parent_id
+
     def _run_exists(self, run_id) -> bool:
         try:
             return self.client.get_run(run_id).info.lifecycle_stage == "active"
@@ -109,27 +119,70 @@ class Search:
             self.client.set_terminated(run_id, "KILLED")
 
     # -- the search ----------------------------------------------------------------------------
-    def run(self) -> None:
-        target, timeout = self.cfg["trials"], self.cfg["timeout"] or None
-        done = studies.count_finished(self.study)
-        bar = tqdm(total=target, initial=min(done, target), desc="trials", unit="trial", file=sys.stderr,
+    def run(self, jobs: int = 1, worker_args: list[str] | None = None) -> None:
+        """Reach ``trials`` finished trials: here, or in ``jobs`` worker processes watched from here."""
+        bar = tqdm(total=self.cfg["trials"], desc="trials", unit="trial", file=sys.stderr,
                    dynamic_ncols=True, disable=None)
-        failures = 0
         try:
-            while (missing := target - studies.count_finished(self.study)) > 0:
-                before = len(self.study.trials)
-                self.study.optimize(self._objective, n_trials=missing, timeout=timeout, catch=(Diverged,),
-                                    callbacks=[lambda study, trial: self._progress(bar, trial)])
-                failures += sum(t.state == optuna.trial.TrialState.FAIL for t in self.study.trials[before:])
-                if timeout or failures > target:
+            if jobs > 1:
+                workers.run_workers(jobs, worker_args, self.parent_id, lambda: self._progress(bar))
+            # after workers too: what a dead worker left undone is redone here; trials that workers
+            # elsewhere still run are waited for
+            deadline = time.monotonic() + self.cfg["timeout"] if self.cfg["timeout"] else math.inf
+            while studies.count_finished(self.study) < self.cfg["trials"] and time.monotonic() < deadline:
+                if not self.work(on_trial=lambda: self._progress(bar)):
                     break
+                if studies.count_finished(self.study) < self.cfg["trials"]:
+                    time.sleep(2)
+                    self._progress(bar)
         finally:
             bar.close()
-        if failures > target:
-            print(f"stopped: {failures} trials failed in this session", file=sys.stderr)
 
-    def _progress(self, bar, trial) -> None:
-        pruned = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
+    def work(self, on_trial=None) -> bool:
+        """Claim and run trials while the study needs more; False if it gave up (time, failures)."""
+        deadline = time.monotonic() + self.cfg["timeout"] if self.cfg["timeout"] else math.inf
+        failures = 0
+        while (trial := self._claim()) is not None:
+            failures += self._run_trial(trial) == TrialState.FAIL
+            if on_trial:
+                on_trial()
+            if failures > self.cfg["trials"]:
+                print(f"stopped: {failures} trials failed in this process", file=sys.stderr)
+                return False
+            if time.monotonic() >= deadline:
+                return False
+        return True
+
+    def _claim(self):
+        """A new trial, unless finished + running trials already make the target; under a lock,
+        so that workers sharing the study never start more trials than ``--trials`` asks for."""
+        with studies.claim_lock(self.storage):
+            studies.fail_orphans(self.study, self.storage, self._kill_trial_run)
+            active = self.study.get_trials(deepcopy=False, states=studies.FINISHED + (TrialState.RUNNING,))
+            if len(active) >= self.cfg["trials"]:
+                return None
+            trial = self.study.ask()
+            trial.set_user_attr("owner", studies.OWNER)
+            return trial
+
+    def _run_trial(self, trial) -> TrialState:
+        with studies.heartbeat(self.storage, trial):
+            try:
+                value = self._objective(trial)
+            except optuna.TrialPruned:
+                state, value = TrialState.PRUNED, None
+            except Diverged:
+                state, value = TrialState.FAIL, None
+            except BaseException:
+                self.study.tell(trial, state=TrialState.FAIL)
+                raise
+            else:
+                state = TrialState.COMPLETE
+        self.study.tell(trial, value, state=state)
+        return state
+
+    def _progress(self, bar) -> None:
+        pruned = len(self.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
         best = self._best_value()
         bar.n = min(studies.count_finished(self.study), bar.total)
         bar.set_postfix_str(f"pruned {pruned}, best val_accuracy {best:.4f}" if best is not None else
@@ -142,7 +195,6 @@ class Search:
             return None
 
     def _objective(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr("owner", studies.OWNER)  # first, so a crash from here on is recognisable
         point = studies.suggest(trial, self.space)
         config = TrainConfig(epochs=self.cfg["epochs"], seed=self.cfg["seed"], **point)
         run = self.client.create_run(
@@ -199,7 +251,7 @@ class Search:
                           {"best_trial": best.number})
         tracking.log_metrics(self.parent_id, {"val_accuracy": best.value,
                                               "finished_trials": studies.count_finished(self.study)})
-        values = [t.value for t in self.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+        values = [t.value for t in self.study.get_trials(states=(TrialState.COMPLETE,))]
         figures = {"expected_best_val_accuracy": plots.expected_max_curve(values)}
         drawers = {"optimization_history": ovm.plot_optimization_history,
                    "param_importances": ovm.plot_param_importances,
@@ -289,7 +341,7 @@ class Search:
 
     def _baseline_value(self) -> float | None:
         """val_accuracy of the study's baseline trial; None if it was pruned or failed."""
-        for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if t.user_attrs.get("baseline"):
                 return t.value
         return None

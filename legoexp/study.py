@@ -9,12 +9,15 @@ left RUNNING by a process that died on this machine is found by the owner it rec
 marked FAIL, with its MLflow run KILLED, so a rerun only runs what is missing.
 """
 
+import contextlib
+import fcntl
 import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from legoexp.config import CONF_DIR, read_yaml
@@ -22,6 +25,7 @@ from legoexp.errors import ConfigError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SPACE_KEYS = {"hidden1", "hidden2", "lr", "batch_size"}
+_CLAIM_LOCK_KEY = 0x1E90E  # any constant: the advisory lock all legoexp workers agree on
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -61,6 +65,38 @@ def suggest(trial: optuna.Trial, space: dict) -> dict:
     return params
 
 
+@contextlib.contextmanager
+def claim_lock(storage):
+    """Serialise trial claims of all workers sharing ``storage``: a file lock beside a file
+    storage, an advisory lock in PostgreSQL."""
+    path = getattr(storage, "claim_lock_path", None)
+    if path:
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    elif isinstance(storage, optuna.storages.RDBStorage) and storage.engine.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        with storage.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _CLAIM_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _CLAIM_LOCK_KEY})
+    else:
+        yield
+
+
+def heartbeat(storage, trial):
+    """Optuna's own heartbeat for a trial run outside ``optimize`` (a no-op without heartbeats)."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    return get_heartbeat_thread(trial._trial_id, storage)
+
+
 def open_storage(url: str, default_dir: Path):
     """An Optuna storage for ``url`` ('' = journal file in ``default_dir``); ConfigError if it can't open."""
     try:
@@ -70,8 +106,13 @@ def open_storage(url: str, default_dir: Path):
             path = Path(url.partition(":")[2] or default_dir / "optuna.journal")
             if not path.parent.is_dir():
                 raise ConfigError(f"storage={url!r}: directory {path.parent} does not exist")
-            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
+            storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+            storage.claim_lock_path = f"{path}.claim.lock"
+            return storage
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
+        if url.startswith("sqlite:///"):
+            storage.claim_lock_path = f"{url[len('sqlite:///'):]}.claim.lock"
+        return storage
     except ConfigError:
         raise
     except Exception as e:
@@ -97,15 +138,18 @@ def create_study(name: str, storage, seed: int, baseline: dict) -> optuna.Study:
 
 def fail_orphans(study: optuna.Study, storage,
                  on_orphan: Callable[[optuna.trial.FrozenTrial], None]) -> int:
-    """Mark FAIL the RUNNING trials whose recorded owner process on this host is gone."""
+    """Mark FAIL the RUNNING trials whose owner is gone: its process on this host has ended, or
+    (on a database storage) its heartbeat stopped, wherever it ran."""
     host = socket.gethostname()
     study_id = storage.get_study_id_from_name(study.study_name)
+    stale = set(storage.get_stale_trial_ids(study_id)) if is_heartbeat_enabled(storage) else set()
     count = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner_host, _, pid = str(trial.user_attrs.get("owner", "")).partition(":")
-        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
-            continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        owner_host, _, pid = str(trial.user_attrs.get("owner", "")).partition(":")
+        dead_here = owner_host == host and pid.isdigit() and not _alive(int(pid))
+        if not dead_here and trial_id not in stale:
+            continue
         storage.set_trial_user_attr(trial_id, "fail_reason", "its process died")
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         on_orphan(trial)

@@ -33,6 +33,7 @@ SETTINGS = {
     "experiment_name": Setting(str, bool, "a non-empty name"),
     "model_name": Setting(str, bool, "a non-empty name"),
     "search_space": Setting(str),
+    "jobs": int_range(1, 256),
 }
 HELP = {
     "trials": "finished (complete or pruned) trials the study must reach",
@@ -43,6 +44,8 @@ HELP = {
                "default: a journal file beside the MLflow store",
     "model_name": "registered model to add the best model to",
     "search_space": "a search-space YAML file (default: conf/search_space.yaml)",
+    "jobs": "worker processes on this machine sharing the study (default 1: trials run here, "
+            "their folds in parallel)",
 }
 
 
@@ -58,6 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=setting.kind,
                        help=HELP.get(key, "default: conf/sweep.yaml"))
     p.add_argument("--config", metavar="FILE", help="an experiments/*.yaml file of overrides")
+    p.add_argument("--worker", action="store_true",
+                   help="only run trials of an existing study under its parent run, then exit (what --jobs "
+                        "starts, and what other machines run; see docs/scale-out.md)")
+    p.add_argument("--parent-run-id", help="with --worker: the parent run (default: the study's)")
     return p.parse_args(argv)
 
 
@@ -85,7 +92,7 @@ def main(argv=None) -> int:
 
     import mlflow
 
-    from legoexp import tracking
+    from legoexp import tracking, workers
     from legoexp.search import Search
 
     store_dir = tracking.store_directory()
@@ -93,8 +100,12 @@ def main(argv=None) -> int:
     tracking.use_experiment(cfg["experiment_name"])
     search = Search(cfg, space, baseline, source, train_split, storage,
                     storage_label=studies.storage_label(cfg["storage"], store_dir))
+    if args.worker:
+        search.join(args.parent_run_id)
+        search.work()
+        return 0
     with search.parent_run():
-        search.run()
+        search.run(cfg["jobs"], workers.worker_command(cfg, SETTINGS))
         search.log_study()
         if search.needs_comparison():
             search.compare_and_register(load_split(source, "test"))  # the first read of the test split

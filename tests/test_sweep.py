@@ -218,3 +218,44 @@ def test_an_unknown_key_in_a_config_file_is_refused(mlflow_env, tmp_path):
     assert proc.returncode == 2
     assert f"{bad}: unknown key 'learning_rate'" in proc.stderr
     assert _runs(name) == []
+
+
+@pytest.mark.slow
+def test_jobs_2_with_a_worker_killed_still_fills_the_study_exactly(mlflow_env, tracking_uri):
+    name = f"study-{uuid.uuid4().hex[:8]}"
+    main = subprocess.Popen([sys.executable, "-m", "legoexp.sweep", "--study-name", name, "--experiment-name", name,
+                             "--trials", "8", "--jobs", "2", *TINY[:2], "--seeds", "2", "--epochs", "4"],
+                            env=mlflow_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal_dir = _store_dir(tracking_uri)
+    victim, deadline = None, time.time() + 300
+    while victim is None and time.time() < deadline and main.poll() is None:
+        time.sleep(0.2)
+        try:
+            trials = _study(journal_dir, name).get_trials()
+        except KeyError:
+            continue
+        for t in trials:  # a worker (not the main process) in the middle of a trial
+            pid = int(t.user_attrs.get("owner", "x:0").split(":")[1])
+            if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs and pid != main.pid:
+                victim = pid
+    assert victim is not None, "no worker was seen running a trial"
+    os.kill(victim, signal.SIGKILL)
+    out, err = main.communicate(timeout=600)
+    assert main.returncode == 0, err
+    trials = _study(journal_dir, name).get_trials()
+    assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 8
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert not any(t.state == TrialState.RUNNING for t in trials)
+    assert len({t.user_attrs["owner"] for t in trials}) >= 2  # the trials really ran in several workers
+    runs = _runs(name)
+    assert not any(r.info.status == "RUNNING" for r in runs)
+    assert sum(r.data.tags["legoexp.kind"] == "sweep" for r in runs) == 1
+    parent = next(r for r in runs if r.data.tags["legoexp.kind"] == "sweep")
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs if r is not parent)
+    assert [r.data.tags["fail_reason"] for r in runs if r.info.status == "KILLED"] == ["its process died"]
+
+
+def test_a_worker_without_a_main_sweep_is_told_to_start_it(mlflow_env):
+    proc, name = _sweep(mlflow_env, "--worker", "--trials", "2", *TINY)
+    assert proc.returncode == 2
+    assert "has no parent run yet: start the main" in proc.stderr
