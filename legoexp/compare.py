@@ -7,6 +7,7 @@ model kept for each configuration is the one of its median seed, so what gets re
 typical fit, not the luckiest. Nothing here knows about MLflow or Optuna.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -56,3 +57,16 @@ def compare(baseline: TrainConfig, best: TrainConfig, seeds: list[int], train_sp
     a = run_arm("baseline", baseline, seeds, train_split, test_split, progress)
     b = run_arm("best", best, seeds, train_split, test_split, progress)
     return Comparison(seeds, a, b, paired_comparison(a.accuracies, b.accuracies))
+
+
+def summary_metrics(result: PairedResult, name_a: str = "baseline", name_b: str = "best") -> dict[str, float]:
+    """A comparison's numbers under the project's metric names: each configuration's mean test
+    accuracy and its CI (``{name}_test_accuracy_mean``, ``_ci_low``, ``_ci_high``), the paired
+    difference b - a (``diff_mean``, ``diff_ci_low``, ``diff_ci_high``) and ``p_value``;
+    non-finite values (a degenerate test) are left out."""
+    metrics = {f"{name_a}_test_accuracy_mean": result.mean_a, f"{name_b}_test_accuracy_mean": result.mean_b,
+               f"{name_a}_test_accuracy_ci_low": result.ci_a[0], f"{name_a}_test_accuracy_ci_high": result.ci_a[1],
+               f"{name_b}_test_accuracy_ci_low": result.ci_b[0], f"{name_b}_test_accuracy_ci_high": result.ci_b[1],
+               "diff_mean": result.mean_diff, "diff_ci_low": result.ci_diff[0], "diff_ci_high": result.ci_diff[1],
+               "p_value": result.p_value}
+    return {k: float(v) for k, v in metrics.items() if math.isfinite(v)}

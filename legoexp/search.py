@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from legoexp import cv, plots, registry, tracking, workers
 from legoexp import study as studies
-from legoexp.compare import compare
+from legoexp.compare import compare, summary_metrics
 from legoexp.errors import ConfigError, UserError
 from legoexp.train import Diverged, TrainConfig
 
@@ -303,12 +303,7 @@ class Search:
         for arm in (comparison.baseline, comparison.best):
             params |= {f"{arm.name}_{k}": v for k, v in arm.config.as_params().items() if k != "seed"}
         tracking.log_params(run_id, params)
-        metrics = {"baseline_test_accuracy_mean": result.mean_a, "best_test_accuracy_mean": result.mean_b,
-                   "baseline_test_accuracy_ci_low": result.ci_a[0], "baseline_test_accuracy_ci_high": result.ci_a[1],
-                   "best_test_accuracy_ci_low": result.ci_b[0], "best_test_accuracy_ci_high": result.ci_b[1],
-                   "diff_mean": result.mean_diff, "diff_ci_low": result.ci_diff[0],
-                   "diff_ci_high": result.ci_diff[1], "p_value": result.p_value}
-        tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if math.isfinite(v)})
+        tracking.log_metrics(run_id, summary_metrics(result))
         tracking.log_history(run_id, {f"{arm.name}_test_accuracy": arm.accuracies
                                       for arm in (comparison.baseline, comparison.best)}, first_step=seeds[0])
         with mlflow.start_run(run_id=run_id):
