@@ -4,10 +4,14 @@ The ``mlflow.gluon`` flavor is gone from MLflow 3, so the trained network is exp
 MXNet symbol + params pair and wrapped in ``LegoClassifier``, a ``PythonModel`` that re-imports
 it with ``SymbolBlock.imports``. It takes images as the lab stores them, (N, 48, 48) or
 (N, 48, 48, 1) with integer values 0..255, normalises them itself, and returns one row per image:
-``label``, ``class_name`` and the 10 softmax ``probabilities``. Bad input is refused with an
-MLflow INVALID_PARAMETER_VALUE error saying what was expected (a 400 when served).
+``label``, ``class_name`` and the 10 softmax ``probabilities``. Bad input (another shape, values
+outside 0..255, NaN, text, an empty or too large batch) is refused with an MLflow
+INVALID_PARAMETER_VALUE error saying what was expected, which ``mlflow models serve`` answers
+with a 400.
 """
 
+import re
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -16,42 +20,85 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
+from mlflow.types.schema import Array, ColSpec, Schema
 
 from legoexp.classes import CLASS_NAMES
 from legoexp.data import check_images
 from legoexp.errors import DataError
 
-MAX_BATCH = 10_000  # images per request; larger batches are refused rather than risk memory
+# Images per request. MLflow's server parses and deep-copies the whole JSON body before the model
+# can count the images: 1,000 images are 7 MB and 2.5-3 s of that here, 10,000 are 70 MB and 25 s.
+MAX_BATCH = 1_000
 
-# The input is declared as an object tensor because MLflow's tensor check insists on one rank
-# and one dtype, while the model accepts both lab layouts and any integer or float encoding of
-# 0..255 (JSON requests arrive as int64 or float64); ``to_images`` does the real checking.
+# Only the output is declared. With an input schema MLflow's server converts and checks a request
+# itself before the model sees it, and answers some bad ones (an empty list) with a message about
+# tensor signatures instead of images; without one, every request reaches ``to_images``.
 SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(object), (-1,))]),
     outputs=Schema([
         ColSpec("long", "label"),
         ColSpec("string", "class_name"),
         ColSpec(Array("double"), "probabilities"),
     ]),
 )
+_JSON_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][+-]?\d+)?")
+EXPECTED = f"1..{MAX_BATCH} images of shape (N, 48, 48) or (N, 48, 48, 1) with integer values 0..255"
 
 
 def to_images(model_input) -> np.ndarray:
-    """Return uint8 images (N, 48, 48) from a model input, or raise an MlflowException saying why."""
-    try:
-        if isinstance(model_input, pd.DataFrame):
-            model_input = model_input.to_numpy()
+    """Return uint8 images (N, 48, 48) from a model input, or raise an MlflowException saying why.
+
+    In process the input is what the caller passed. Behind ``mlflow models serve`` it is
+    ``np.array`` of the request's ``inputs`` (any text turns every value into a string, a null or
+    a ragged list makes an object array), a bare ``[]`` for an empty list, or a DataFrame for
+    the ``dataframe_*`` formats.
+    """
+    if isinstance(model_input, pd.DataFrame):
+        model_input = model_input.to_numpy()
+    if isinstance(model_input, dict):
+        raise _bad_input(f"input: got an object with keys {sorted(map(str, model_input))[:5]}; expected {EXPECTED}")
+    with warnings.catch_warnings():  # NumPy warns before making an object array of a ragged list
+        warnings.simplefilter("ignore", np.VisibleDeprecationWarning)
         array = np.asarray(model_input)
-        if array.dtype == object:
-            array = np.array(array.tolist(), dtype=np.float64)
-        if len(array) > MAX_BATCH:
-            raise DataError(f"{len(array)} images in one request; at most {MAX_BATCH}")
+    if array.ndim == 0:
+        raise _bad_input(f"input: got a single value ({array.item()!r:.40}); expected {EXPECTED}")
+    if array.size == 0:
+        raise _bad_input(f"input: there are no images; expected {EXPECTED}")
+    if len(array) > MAX_BATCH:
+        raise _bad_input(f"input: {len(array)} images in one request; expected {EXPECTED} "
+                         "(send larger sets in several requests)")
+    if array.dtype.kind in "US":
+        raise _bad_input(f"input: images contain text ({array.flat[_first_text(array)]!r}); expected {EXPECTED}")
+    if array.dtype == object:
+        array = _numbers(array)
+    if array.dtype.kind == "f" and np.isfinite(array).all() and (array != np.round(array)).any():
+        fraction = array[array != np.round(array)][0]
+        raise _bad_input(f"input: images contain {fraction!r}, not a whole number; expected {EXPECTED}")
+    try:
         return check_images(array, "input", exact_dtype=False)
-    except (ValueError, TypeError) as e:
-        raise _bad_input(f"input: expected numbers 0..255 in (N, 48, 48) or (N, 48, 48, 1) ({e})")
     except DataError as e:
-        raise _bad_input(str(e))
+        raise _bad_input(str(e)) from None
+
+
+def _first_text(array: np.ndarray) -> int:
+    """Index of the first value that is no number as JSON writes it: one string in a request makes
+    NumPy turn every value into text, so the string that did it is the one that is not a number."""
+    for i, value in enumerate(array.flat):
+        if not _JSON_NUMBER.fullmatch(str(value)):
+            return i
+    return 0  # numbers sent as strings
+
+
+def _numbers(array: np.ndarray) -> np.ndarray:
+    """An object array (nulls, nested lists of unequal length, huge integers) as float64, or refused."""
+    for value in array.flat:
+        if isinstance(value, (list, tuple, np.ndarray)):
+            raise _bad_input(f"input: images or rows of different sizes; expected {EXPECTED}")
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+            raise _bad_input(f"input: images contain {value!r}; expected {EXPECTED}")
+    try:
+        return array.astype(np.float64)
+    except OverflowError:
+        raise _bad_input(f"input: an image value is too large for a number; expected {EXPECTED}") from None
 
 
 def _bad_input(message: str) -> MlflowException:
@@ -71,8 +118,6 @@ class LegoClassifier(mlflow.pyfunc.PythonModel):
     """Serves a network exported by ``export_net``: raw images in, named classes out."""
 
     def load_context(self, context):
-        import warnings
-
         from mxnet import gluon
 
         with warnings.catch_warnings():  # MXNet warns that the input's dtype is not declared

@@ -22,6 +22,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from legoexp.data import Source, Split
+from legoexp.errors import UserError
 from legoexp.serving import SIGNATURE, export_net
 from legoexp.train import TrainConfig
 
@@ -45,6 +46,14 @@ def store_directory() -> Path:
     if parsed.scheme in ("", "file"):
         return Path(parsed.path).resolve()
     return Path.cwd()
+
+
+def check_store() -> None:
+    """Refuse a SQLite tracking store that does not exist, which MLflow would create empty."""
+    for uri in {mlflow.get_tracking_uri(), mlflow.get_registry_uri()}:
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+            raise UserError(f"there is no tracking store at {uri}; run this where the experiment's mlflow.db "
+                            "is, or set MLFLOW_TRACKING_URI")
 
 
 def run_params(config: TrainConfig, data: str, source: Source, train: Split) -> dict:

@@ -174,3 +174,24 @@ def _read_npy(f, path: Path, key: str) -> np.ndarray:
         raise DataError(f"{path}: '{key}' is truncated ({len(data)} of {count * dtype.itemsize} bytes)")
     array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
     return array.astype(dtype.newbyteorder("="))
+
+
+def read_images_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images to predict from an .npz: ``images`` checked as a split's, ``labels`` too when present."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if "images.npy" not in names:
+                raise DataError(f"{path}: no array 'images'; expected an .npz holding 'images' "
+                                "(N, 48, 48) uint8 and optionally 'labels'")
+            arrays = {}
+            for key in ("images", "labels"):
+                if f"{key}.npy" in names:
+                    with zf.open(f"{key}.npy") as f:
+                        arrays[key] = _read_npy(f, path, key)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    if "labels" in arrays:
+        return check_arrays(arrays["images"], arrays["labels"], str(path))
+    return check_images(arrays["images"], str(path)), None
