@@ -52,7 +52,7 @@ class Search:
             raise ConfigError(f"study {cfg['study_name']!r} was run with {changed}: rerun it with the same "
                               "settings, or start a new study with another --study-name")
         self.folds = cv.fold_indices(train_split.labels, cfg["folds"], cfg["seed"])
-        cores_each = max(1, (os.cpu_count() or 1) // cfg["jobs"])
+        cores_each = max(1, len(os.sched_getaffinity(0)) // cfg["jobs"])
         self.runner = cv.FoldRunner(train_split.images, train_split.labels, processes=min(cfg["folds"], cores_each))
         self.params = {"study_name": cfg["study_name"], "storage": storage_label, "folds": cfg["folds"],
                        "sampler": "TPESampler(multivariate, constant_liar, seed)",
@@ -78,7 +78,8 @@ class Search:
         else:
             self.client.update_run(run_id, status="RUNNING")
         self.parent_id = run_id
-        self.parent_url = f"http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{run_id}"
+        ui = mlflow.get_tracking_uri() if mlflow.get_tracking_uri().startswith("http") else "http://127.0.0.1:5000"
+        self.parent_url = f"{ui.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
         orphans = studies.fail_orphans(self.study, self.storage, self._kill_trial_run)
         if orphans:
             print(f"marked {orphans} trial(s) of a dead process as failed", file=sys.stderr)

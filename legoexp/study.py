@@ -109,7 +109,8 @@ def open_storage(url: str, default_dir: Path):
             storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
             storage.claim_lock_path = f"{path}.claim.lock"
             return storage
-        storage = optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30,
+                                             engine_kwargs={"pool_pre_ping": True})  # survives a DB restart
         if url.startswith("sqlite:///"):
             storage.claim_lock_path = f"{url[len('sqlite:///'):]}.claim.lock"
         return storage
@@ -121,7 +122,14 @@ def open_storage(url: str, default_dir: Path):
 
 
 def storage_label(url: str, default_dir: Path) -> str:
-    return url or f"journal:{default_dir / 'optuna.journal'}"
+    """The storage as logged: never with a password in it."""
+    if not url:
+        return f"journal:{default_dir / 'optuna.journal'}"
+    if url.startswith("journal:"):
+        return url
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def create_study(name: str, storage, seed: int, baseline: dict) -> optuna.Study:
@@ -142,14 +150,19 @@ def fail_orphans(study: optuna.Study, storage,
     (on a database storage) its heartbeat stopped, wherever it ran."""
     host = socket.gethostname()
     study_id = storage.get_study_id_from_name(study.study_name)
-    stale = set(storage.get_stale_trial_ids(study_id)) if is_heartbeat_enabled(storage) else set()
     count = 0
+    if is_heartbeat_enabled(storage):  # Optuna fails trials whose heartbeat stopped, wherever they ran
+        running = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        optuna.storages.fail_stale_trials(study)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if trial.number in running:
+                on_orphan(running[trial.number])
+                count += 1
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         owner_host, _, pid = str(trial.user_attrs.get("owner", "")).partition(":")
-        dead_here = owner_host == host and pid.isdigit() and not _alive(int(pid))
-        if not dead_here and trial_id not in stale:
+        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
             continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         storage.set_trial_user_attr(trial_id, "fail_reason", "its process died")
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         on_orphan(trial)

@@ -18,7 +18,7 @@ from dataclasses import replace
 from legoexp import config
 from legoexp.baseline import SETTINGS as BASELINE_SETTINGS
 from legoexp.config import Setting, int_range
-from legoexp.errors import ConfigError, run_main
+from legoexp.errors import ConfigError, UserError, run_main
 
 SETTINGS = {
     "data": BASELINE_SETTINGS["data"],
@@ -65,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="only run trials of an existing study under its parent run, then exit (what --jobs "
                         "starts, and what other machines run; see docs/scale-out.md)")
     p.add_argument("--parent-run-id", help="with --worker: the parent run (default: the study's)")
+    p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)  # a worker --jobs started
     return p.parse_args(argv)
 
 
@@ -102,7 +103,10 @@ def main(argv=None) -> int:
                     storage_label=studies.storage_label(cfg["storage"], store_dir))
     if args.worker:
         search.join(args.parent_run_id)
-        search.work()
+        if cfg["jobs"] > 1 and not args.spawned:  # N workers on this machine, none here
+            workers.run_workers(cfg["jobs"], workers.worker_command(cfg, SETTINGS), search.parent_id, lambda: None)
+        else:
+            search.work()
         return 0
     with search.parent_run():
         search.run(cfg["jobs"], workers.worker_command(cfg, SETTINGS))
@@ -116,5 +120,19 @@ def main(argv=None) -> int:
     return 0
 
 
+def main_or_storage_error(argv=None) -> int:
+    """``main``, with a storage that goes away mid-sweep reported in one line (rerun resumes)."""
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        return main(argv)
+    except (optuna.exceptions.StorageInternalError, OperationalError) as e:
+        cause = e.__cause__ or e
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise UserError(f"the Optuna storage failed ({detail}); when it is reachable again, rerun the "
+                        "same command to resume") from None
+
+
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main_or_storage_error)

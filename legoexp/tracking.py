@@ -28,6 +28,7 @@ from legoexp.train import TrainConfig
 
 DEFAULT_EXPERIMENT = "legoexp"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars garble our progress lines
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a line per run on a server
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -28,7 +28,7 @@ def worker_command(cfg: dict, settings) -> list[str]:
 def run_workers(jobs: int, command: list[str], parent_id: str, on_progress: Callable[[], None]) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
     env.pop("MLFLOW_RUN_ID", None)  # workers log under the parent, not into `mlflow run`'s run
-    procs = [subprocess.Popen([*command, "--worker", "--parent-run-id", parent_id], env=env)
+    procs = [subprocess.Popen([*command, "--worker", "--spawned", "--parent-run-id", parent_id], env=env)
              for _ in range(jobs)]
     try:
         while any(p.poll() is None for p in procs):

@@ -1,0 +1,107 @@
+"""Many workers, one study: `--jobs` on a real PostgreSQL storage and a real `mlflow server`."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+pytest_plugins = ["services"]
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _command(study, postgres_url, trials, *extra):
+    return [sys.executable, "-m", "legoexp.sweep", "--study-name", study, "--experiment-name", study,
+            "--storage", postgres_url, "--trials", str(trials), "--folds", "2", "--seeds", "2", *extra]
+
+
+def _env(mlflow_server, tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+def _trials(postgres_url, study):
+    return optuna.load_study(study_name=study, storage=postgres_url).get_trials()
+
+
+def _runs(mlflow_server, study):
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name(study)
+    return client.search_runs([experiment.experiment_id])
+
+
+def _wait_for(predicate, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            found = predicate()
+        except (KeyError, Exception):  # the study may not exist yet
+            found = None
+        if found:
+            return found
+        time.sleep(0.3)
+    raise AssertionError("timed out waiting")
+
+
+def _assert_complete(postgres_url, mlflow_server, study, trials):
+    done = _trials(postgres_url, study)
+    assert len([t for t in done if t.state in FINISHED]) == trials
+    assert [t.number for t in done] == list(range(len(done)))  # no trial numbered twice
+    assert not any(t.state == TrialState.RUNNING for t in done)
+    runs = _runs(mlflow_server, study)
+    assert not any(r.info.status == "RUNNING" for r in runs)
+    parents = [r for r in runs if r.data.tags.get("legoexp.kind") == "sweep"]
+    assert len(parents) == 1
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in runs if r is not parents[0])
+    return done, runs
+
+
+@pytest.mark.slow
+def test_workers_share_a_postgres_study_and_survive_a_kill_9(postgres_url, mlflow_server, tmp_path):
+    study = f"pg-{uuid.uuid4().hex[:8]}"
+    main = subprocess.Popen(_command(study, postgres_url, 6, "--jobs", "2", "--epochs", "4"),
+                            env=_env(mlflow_server, tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def a_worker_mid_trial():
+        for t in _trials(postgres_url, study):
+            pid = int(t.user_attrs.get("owner", "x:0").split(":")[1])
+            if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs and pid != main.pid:
+                return pid
+
+    os.kill(_wait_for(a_worker_mid_trial), signal.SIGKILL)
+    out, err = main.communicate(timeout=600)
+    assert main.returncode == 0, err
+    done, runs = _assert_complete(postgres_url, mlflow_server, study, 6)
+    assert len({t.user_attrs["owner"] for t in done}) >= 2
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert [r.data.tags["fail_reason"] for r in killed] == ["its process died"]
+    assert any(r.data.tags.get("legoexp.kind") == "comparison" for r in runs)
+
+
+@pytest.mark.slow
+def test_postgres_restarted_mid_sweep_then_a_rerun_completes_the_study(postgres, postgres_url, mlflow_server,
+                                                                        tmp_path):
+    study = f"pg-{uuid.uuid4().hex[:8]}"
+    command = _command(study, postgres_url, 6, "--jobs", "2", "--epochs", "3")
+    env = _env(mlflow_server, tmp_path)
+    main = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for(lambda: sum(t.state in FINISHED for t in _trials(postgres_url, study)) >= 1)
+    with postgres.stopped():
+        time.sleep(3)
+    out, err = main.communicate(timeout=600)
+    if main.returncode != 0:  # it may ride it out; if not, it says so in one line
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("error: ") and "rerun the same command to resume" in last, err[-3000:]
+        rerun = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+    _assert_complete(postgres_url, mlflow_server, study, 6)
