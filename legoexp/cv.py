@@ -9,6 +9,7 @@ pruned trial wastes little. A fold's numbers do not depend on the process that c
 
 import multiprocessing
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -36,10 +37,11 @@ def fold_accuracy(config: TrainConfig, images, labels, fit_idx, val_idx) -> floa
     return evaluate(fit.net, images[val_idx], labels[val_idx]).accuracy
 
 
-def _init_worker(images, labels, parent: int) -> None:
+def _init_worker(path: str, parent: int) -> None:
     global _split
-    _split = (images, labels)
     _die_with(parent)
+    with np.load(path) as saved:
+        _split = (saved["images"], saved["labels"])
 
 
 def _die_with(parent: int) -> None:
@@ -71,9 +73,14 @@ class FoldRunner:
         self.images, self.labels = images, labels
         self.pool = None
         if processes > 1:
+            # The split goes to the workers as a file: a spawned worker killed before it had read a
+            # large start-up message would leave this process blocked writing it, for ever.
+            self._files = tempfile.TemporaryDirectory(prefix="legoexp-folds-")
+            path = os.path.join(self._files.name, "split.npz")
+            np.savez(path, images=images, labels=labels)
             # spawn: MXNet's engine threads do not survive a fork
             self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(images, labels, os.getpid()))
+                                            initializer=_init_worker, initargs=(path, os.getpid()))
             self.processes = processes
 
     def accuracies(self, config: TrainConfig, folds) -> Iterator[float]:
@@ -97,3 +104,4 @@ class FoldRunner:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+            self._files.cleanup()

@@ -7,6 +7,7 @@ complete or pruned, FAILED with a ``fail_reason``, or KILLED when interrupted.
 """
 
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -206,6 +207,7 @@ class Search:
         trial.set_user_attr("mlflow_run_id", run_id)
         tracking.log_params(run_id, {**tracking.run_params(config, self.cfg["data"], self.source, self.train_split),
                                      "trial_number": trial.number, "folds": self.cfg["folds"]})
+        end = functools.partial(self._end_trial, run_id)
         accuracies = []
         try:
             with contextlib.closing(self.runner.accuracies(config, self.folds)) as fold_results:
@@ -215,29 +217,27 @@ class Search:
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"pruned after fold {k + 1}")
         except optuna.TrialPruned:
-            self._end_trial(run_id, accuracies, "pruned", "FINISHED")
+            end(accuracies, "pruned", "FINISHED")
             raise
         except Diverged as e:
             trial.set_user_attr("fail_reason", str(e))
-            self._end_trial(run_id, accuracies, "failed", "FAILED", reason=str(e))
+            end(accuracies, "failed", "FAILED", reason=str(e))
             raise
         except KeyboardInterrupt:
-            self._end_trial(run_id, accuracies, "failed", "KILLED", reason="interrupted")
+            end(accuracies, "failed", "KILLED", reason="interrupted")
             raise
         except Exception as e:
-            self._end_trial(run_id, accuracies, "failed", "FAILED", reason=f"{type(e).__name__}: {e}")
+            end(accuracies, "failed", "FAILED", reason=f"{type(e).__name__}: {e}")
             raise
-        self._end_trial(run_id, accuracies, "complete", "FINISHED")
+        end(accuracies, "complete", "FINISHED")
         return float(np.mean(accuracies))
 
     def _end_trial(self, run_id, accuracies, state, status, reason=None) -> None:
+        """The folds' accuracies and the outcome (tags ``state``, ``fail_reason``) in one batch, then the status."""
         metrics = {f"val_accuracy_fold{k}": a for k, a in enumerate(accuracies)}
         if state == "complete":
             metrics["val_accuracy"] = float(np.mean(accuracies))
-        tracking.log_metrics(run_id, metrics)
-        self.client.set_tag(run_id, "state", state)
-        if reason:
-            self.client.set_tag(run_id, "fail_reason", reason)
+        tracking.log_metrics(run_id, metrics, tags={"state": state} | ({"fail_reason": reason} if reason else {}))
         self.client.set_terminated(run_id, status)
 
     # -- after the search ----------------------------------------------------------------------

@@ -121,12 +121,18 @@ def main(argv=None) -> int:
 
 
 def main_or_storage_error(argv=None) -> int:
-    """``main``, with a storage that goes away mid-sweep reported in one line (rerun resumes)."""
+    """``main``, with a storage that goes away or a fold worker that dies mid-sweep reported in one line
+    (a rerun resumes)."""
+    from concurrent.futures.process import BrokenProcessPool
+
     import optuna
     from sqlalchemy.exc import OperationalError
 
     try:
         return main(argv)
+    except BrokenProcessPool:
+        raise UserError("a fold-training worker process died (killed, or out of memory); rerun the same "
+                        "command to resume") from None
     except (optuna.exceptions.StorageInternalError, OperationalError) as e:
         cause = e.__cause__ or e
         detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__

@@ -69,9 +69,11 @@ def set_tags(run_id: str, tags: dict) -> None:
     MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0, tags: dict | None = None) -> None:
+    """Metrics (and any ``tags``) in one store transaction."""
     now = int(time.time() * 1000)
-    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
+                             tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
 
 def log_history(run_id: str, history: dict[str, list[float]], first_step: int = 1) -> None:

@@ -168,6 +168,41 @@ def test_kill_9_mid_sweep_then_rerun_ends_with_exactly_n_trials_and_nothing_runn
 
 
 @pytest.mark.slow
+def test_a_fold_worker_killed_is_a_one_line_error_and_a_rerun_completes(mlflow_env, tracking_uri):
+    name = f"study-{uuid.uuid4().hex[:8]}"
+    args = [sys.executable, "-m", "legoexp.sweep", "--study-name", name, "--experiment-name", name,
+            "--trials", "3", "--folds", "2", "--seeds", "2", "--epochs", "6"]
+    sweep = subprocess.Popen(args, env=mlflow_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal_dir, deadline = _store_dir(tracking_uri), time.time() + 300
+    workers = []
+    while time.time() < deadline and sweep.poll() is None and not workers:  # wait for a trial in training
+        time.sleep(0.2)
+        try:
+            trials = _study(journal_dir, name).get_trials()
+        except KeyError:
+            continue
+        if any(t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials):
+            children = Path(f"/proc/{sweep.pid}/task/{sweep.pid}/children").read_text().split()
+            workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert workers, "no fold worker was seen"
+    os.kill(int(workers[0]), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    out, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 2, err
+    assert err.strip().splitlines()[-1] == ("error: a fold-training worker process died (killed, or out of "
+                                            "memory); rerun the same command to resume")
+    assert "Traceback" not in err
+    runs = _runs(name)
+    assert not any(r.info.status == "RUNNING" for r in runs)
+    assert any(r.info.status == "FAILED" and "BrokenProcessPool" in r.data.tags.get("fail_reason", "") for r in runs)
+
+    proc = subprocess.run(args, env=mlflow_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    trials = _study(journal_dir, name).get_trials()
+    assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 3
+    assert not any(r.info.status == "RUNNING" for r in _runs(name))
+
+
+@pytest.mark.slow
 def test_a_diverging_trial_is_recorded_and_the_study_goes_on(mlflow_env, tracking_uri, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("hidden1: {type: categorical, choices: [128]}\nhidden2: {type: categorical, choices: [64]}\n"
