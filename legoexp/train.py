@@ -64,7 +64,11 @@ def normalise(images: np.ndarray) -> nd.NDArray:
 
 
 class _TrainStep(gluon.HybridBlock):
-    """Forward, per-sample loss, and the batch's (loss sum, correct count) in one graph."""
+    """Forward, per-sample loss, and the batch's (loss sum, correct count) in one graph.
+
+    The input is already flat (batch, 2304), so the net's Flatten (a copy here) is skipped, and no
+    gradient flows back through the batch statistics: the same arithmetic in fewer operators.
+    """
 
     def __init__(self, net):
         super().__init__()
@@ -72,10 +76,12 @@ class _TrainStep(gluon.HybridBlock):
         self.loss = gluon.loss.SoftmaxCrossEntropyLoss()
 
     def hybrid_forward(self, F, x, y):
-        out = self.net(x)
+        out = x
+        for layer in self.net[1:]:  # net[0] is Flatten
+            out = layer(out)
         loss = self.loss(out, y)
         correct = F.sum(F.argmax(out, axis=1) == y)
-        return loss, F.concat(F.sum(loss), correct, dim=0)
+        return loss, F.BlockGrad(F.concat(F.sum(loss), correct, dim=0))
 
 
 def train(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
