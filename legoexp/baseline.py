@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                   "holding the lab's lego-simple-mx-train/-test, or train.npz + test.npz")
     for key, kind in (("epochs", int), ("lr", float), ("batch_size", int),
                       ("hidden1", int), ("hidden2", int), ("seed", int)):
-        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, help=f"default: conf/baseline.yaml")
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, help="default: conf/baseline.yaml")
     p.add_argument("--config", metavar="FILE", help="an experiments/*.yaml file of overrides")
     p.add_argument("--experiment-name", help="MLflow experiment (default 'legoexp'; ignored under "
                                              "`mlflow run`, which picks its own)")

@@ -1,4 +1,4 @@
-"""One sweep, run: the parent MLflow run, the trials as child runs, the study's plots, the verdict.
+"""One sweep, run: the parent MLflow run and the trials as child runs (``report`` does what follows).
 
 ``Search`` ties an Optuna study to MLflow runs made with ``MlflowClient`` (not the fluent API,
 so nothing depends on which run is "active" in which process). A trial's run is created when
@@ -21,9 +21,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from legoexp import cv, plots, registry, tracking, workers
+from legoexp import cv, tracking, workers
 from legoexp import study as studies
-from legoexp.compare import compare, summary_metrics
 from legoexp.errors import ConfigError, UserError
 from legoexp.train import Diverged, TrainConfig
 
@@ -239,105 +238,3 @@ class Search:
             metrics["val_accuracy"] = float(np.mean(accuracies))
         tracking.log_metrics(run_id, metrics, tags={"state": state} | ({"fail_reason": reason} if reason else {}))
         self.client.set_terminated(run_id, status)
-
-    # -- after the search ----------------------------------------------------------------------
-    def log_study(self) -> None:
-        """Best params and val_accuracy, and Optuna's plots, on the parent run."""
-        import matplotlib.pyplot as plt
-        from optuna.visualization import matplotlib as ovm
-
-        best = self.study.best_trial
-        # tags, not params: a resumed study with more trials may find a new best
-        tracking.set_tags(self.parent_id, {f"best_{k}": v for k, v in best.params.items()} |
-                          {"best_trial": best.number})
-        tracking.log_metrics(self.parent_id, {"val_accuracy": best.value,
-                                              "finished_trials": studies.count_finished(self.study)})
-        values = [t.value for t in self.study.get_trials(states=(TrialState.COMPLETE,))]
-        figures = {"expected_best_val_accuracy": plots.expected_max_curve(values)}
-        drawers = {"optimization_history": ovm.plot_optimization_history,
-                   "param_importances": ovm.plot_param_importances,
-                   "parallel_coordinate": ovm.plot_parallel_coordinate, "slice": ovm.plot_slice}
-        for name, draw in drawers.items():
-            try:
-                axes = draw(self.study)
-            except (ValueError, RuntimeError) as e:  # e.g. importances need 2+ complete trials
-                print(f"skipped plot {name}: {e}", file=sys.stderr)
-                continue
-            figures[name] = np.ravel(axes)[0].figure
-        with mlflow.start_run(run_id=self.parent_id):
-            tracking.log_figures(figures)
-        plt.close("all")
-
-    def needs_comparison(self) -> bool:
-        """False when this study's best trial was already compared and registered (a rerun)."""
-        done = self.client.get_run(self.parent_id).data.tags.get("compared_trial")
-        return done != str(self.study.best_trial.number)
-
-    def compare_and_register(self, test_split) -> None:
-        best_trial = self.study.best_trial
-        best = TrainConfig(epochs=self.cfg["epochs"], seed=self.cfg["seed"], **best_trial.params)
-        seeds = list(range(self.cfg["seed"], self.cfg["seed"] + self.cfg["seeds"]))
-        print(f"comparing baseline and best (trial {best_trial.number}) over seeds {seeds} on the test split",
-              file=sys.stderr)
-        comparison = compare(self.baseline, best, seeds, self.train_split, test_split,
-                             progress=lambda line: print("  " + line, file=sys.stderr))
-        result = comparison.result
-        run = self.client.create_run(self.experiment_id, run_name="comparison",
-                                     tags={"mlflow.parentRunId": self.parent_id, "legoexp.kind": "comparison",
-                                           "legoexp.study": self.cfg["study_name"], "test": result.test,
-                                           "verdict": result.verdict()})
-        run_id = run.info.run_id
-        try:
-            models = self._log_comparison(run_id, comparison, best_trial, test_split)
-        except BaseException as e:
-            self.client.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-            raise
-        self.client.set_terminated(run_id, "FINISHED")
-        print("\n" + result.as_table() + "\n" + result.verdict())
-        self._register(models, comparison, best_trial, run_id)
-        self.client.set_tag(self.parent_id, "compared_trial", str(best_trial.number))
-
-    def _log_comparison(self, run_id, comparison, best_trial, test_split) -> dict:
-        result, seeds = comparison.result, comparison.seeds
-        params = {"seeds": ",".join(map(str, seeds)), "best_trial": best_trial.number,
-                  "data_digest": self.train_split.digest, "test_digest": test_split.digest}
-        for arm in (comparison.baseline, comparison.best):
-            params |= {f"{arm.name}_{k}": v for k, v in arm.config.as_params().items() if k != "seed"}
-        tracking.log_params(run_id, params)
-        tracking.log_metrics(run_id, summary_metrics(result))
-        tracking.log_history(run_id, {f"{arm.name}_test_accuracy": arm.accuracies
-                                      for arm in (comparison.baseline, comparison.best)}, first_step=seeds[0])
-        with mlflow.start_run(run_id=run_id):
-            tracking.log_figures({"seed_comparison": plots.seed_comparison(
-                comparison.baseline.accuracies, comparison.best.accuracies, result=result)})
-            models = {arm.name: tracking.log_model(arm.nets[arm.median_index], input_example=test_split.images[:2],
-                                                   name=f"{arm.name}-model")
-                      for arm in (comparison.baseline, comparison.best)}
-        return models
-
-    def _register(self, models, comparison, best_trial, run_id) -> None:
-        result = comparison.result
-        name = self.cfg["model_name"]
-        common = {"comparison_run_id": run_id, "study_name": self.cfg["study_name"]}
-        for arm, alias in ((comparison.best, "challenger"), (comparison.baseline, "baseline")):
-            if alias == "baseline" and registry.alias_version(name, "baseline") is not None:
-                continue
-            lo, hi = result.ci_b if arm is comparison.best else result.ci_a
-            value = best_trial.value if arm is comparison.best else self._baseline_value()
-            # the version's training config and data, so promotion can retrain it with other seeds
-            config = {k: v for k, v in arm.config.as_params().items() if k != "seed"}
-            tags = {**common, **config, "data": self.cfg["data"], "data_source": self.source.uri,
-                    "data_digest": self.train_split.digest, "test_accuracy_mean": np.mean(arm.accuracies),
-                    "test_accuracy_ci": f"{lo:.4f}..{hi:.4f}", "seed": comparison.seeds[arm.median_index],
-                    "seeds": ",".join(map(str, comparison.seeds))}
-            if value is not None:
-                tags["val_accuracy"] = value
-            version = registry.register(models[arm.name].model_uri, name, alias, tags)
-            print(f"registered {name} version {version} as @{alias}")
-
-    def _baseline_value(self) -> float | None:
-        """val_accuracy of the study's baseline trial; None if it was pruned or failed."""
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("baseline"):
-                return t.value
-        return None

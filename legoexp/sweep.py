@@ -13,7 +13,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from dataclasses import replace
 
 from legoexp import config
 from legoexp.baseline import SETTINGS as BASELINE_SETTINGS
@@ -93,7 +92,7 @@ def main(argv=None) -> int:
 
     import mlflow
 
-    from legoexp import tracking, workers
+    from legoexp import report, tracking, workers
     from legoexp.search import Search
 
     store_dir = tracking.store_directory()
@@ -110,9 +109,9 @@ def main(argv=None) -> int:
         return 0
     with search.parent_run():
         search.run(cfg["jobs"], workers.worker_command(cfg, SETTINGS))
-        search.log_study()
-        if search.needs_comparison():
-            search.compare_and_register(load_split(source, "test"))  # the first read of the test split
+        report.log_study(search)
+        if report.needs_comparison(search):
+            report.compare_and_register(search, load_split(source, "test"))  # the first read of the test split
         else:
             print("the best trial was already compared and registered; nothing left to do", file=sys.stderr)
     print(f"done in {time.perf_counter() - started:.1f} s; see it: mlflow ui --backend-store-uri "
