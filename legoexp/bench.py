@@ -142,7 +142,8 @@ def _command_wall(args: list[str], env: dict, cwd) -> tuple[float, subprocess.Co
     return time.perf_counter() - t, proc
 
 
-def whole_runs(data: str, trials: int, store: str, baselines: int = 3) -> tuple[dict, dict, dict, str]:
+def whole_runs(data: str, trials: int, store: str, sweep_options: list[str], baselines: int = 3
+               ) -> tuple[dict, dict, dict, str]:
     """``baselines`` baseline runs (`mlflow run --env-manager local`), then a sweep, each from process
     start, on a store created in ``store`` by the first baseline; returns the repeated rows, the
     single rows, the environment used, and the challenger's model URI."""
@@ -153,7 +154,7 @@ def whole_runs(data: str, trials: int, store: str, baselines: int = 3) -> tuple[
                                "--env-manager", "local", "-P", f"data={data}"], env, store)[0]
                 for _ in range(baselines)]
     sweep_s, proc = _command_wall([sys.executable, "-m", "legoexp.bench", "--sweep-probe", "--data", data,
-                                   "--trials", str(trials)], env, store)
+                                   "--trials", str(trials), *sweep_options], env, store)
     probe = json.loads(proc.stdout.strip().splitlines()[-1])
     uri = subprocess.run([sys.executable, "-c", "import mlflow; c = mlflow.MlflowClient(); "
                           "print(c.get_model_version_by_alias('lego-classifier', 'challenger').source)"],
@@ -267,10 +268,15 @@ def main(argv=None) -> int:
     p.add_argument("--serve", action="store_true", help="also time `mlflow models serve` of the sweep's model")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--sweep-probe", action="store_true", help=argparse.SUPPRESS)
+    p.epilog = "Options after -- go to the timed sweep, e.g. `-- --folds 2 --epochs 2` for a quick try."
     args, rest = p.parse_known_args(argv)
     if args.sweep_probe:
         sweep_probe(["--data", args.data, "--trials", str(args.trials), *rest])
         return 0
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    elif rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)} (options for the sweep go after --)")
 
     from legoexp.data import load_split, open_source
     from legoexp.train import TrainConfig, train
@@ -293,7 +299,7 @@ def main(argv=None) -> int:
     singles = {}
     if not args.fits_only:
         with tempfile.TemporaryDirectory() as store:
-            repeated, singles, env, model_uri = whole_runs(args.data, args.trials, store)
+            repeated, singles, env, model_uri = whole_runs(args.data, args.trials, store, rest)
             rows |= repeated
             if args.serve:
                 singles |= serve(model_uri, env, store, load_split(open_source(args.data), "test").images)

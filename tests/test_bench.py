@@ -1,0 +1,34 @@
+"""`python -m legoexp.bench`: the benchmark command runs end to end and reports every row (its
+figures are for the closing notes, not asserted here: shared machines make timings noisy)."""
+
+import json
+
+import pytest
+
+from conftest import run_module
+
+
+@pytest.mark.slow
+def test_the_benchmark_reports_every_row_and_writes_json(mlflow_env, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_module("legoexp.bench", "--data", "synthetic", "--repeat", "2", "--trials", "2", "--json", out,
+                      "--", "--folds", "2", "--seeds", "2", "--epochs", "2", env=mlflow_env, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())
+    for name in ("fit_samples_per_s", "lab_loop_samples_per_s", "numpy_peer_samples_per_s", "speedup_vs_lab",
+                 "vs_numpy_peer", "matmul_gflops", "bound_ratio", "baseline_wall_s"):
+        assert rows[name]["best"] > 0 and rows[name]["median"] > 0, name
+        assert name in proc.stdout
+    fit, lab = rows["fit_samples_per_s"], rows["lab_loop_samples_per_s"]
+    assert rows["speedup_vs_lab"]["best"] == pytest.approx(fit["best"] / lab["best"])
+    assert rows["baseline_wall_s"]["best"] <= rows["baseline_wall_s"]["median"]
+    assert 0 < rows["tracking_share"] < 1
+    assert 0 < rows["sweep_figures_s"] < rows["sweep_wall_s"]
+    assert rows["baseline_new_store_wall_s"] >= rows["baseline_wall_s"]["best"]
+    assert "GFLOP/s" in proc.stdout
+
+
+def test_an_unknown_option_is_refused_before_any_work(mlflow_env):
+    proc = run_module("legoexp.bench", "--folds", "2", env=mlflow_env, timeout=120)
+    assert proc.returncode == 2
+    assert "unrecognized arguments: --folds 2 (options for the sweep go after --)" in proc.stderr
