@@ -258,6 +258,13 @@ def serve(model_uri: str, env: dict, cwd: str, images: np.ndarray) -> dict:
             "serve_batch150_per_s": 150 / statistics.median(batch)}
 
 
+def _machine(load_before: float) -> dict:
+    from importlib.metadata import version
+
+    return {"cores": len(os.sched_getaffinity(0)), "load_before": load_before, "load_after": os.getloadavg()[0],
+            "versions": {pkg: version(pkg) for pkg in ("mxnet", "numpy", "mlflow", "optuna")}}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m legoexp.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="synthetic", help="as for the baseline (default: synthetic); "
@@ -281,6 +288,7 @@ def main(argv=None) -> int:
     from legoexp.data import load_split, open_source
     from legoexp.train import TrainConfig, train
 
+    load_before = os.getloadavg()[0]
     split = load_split(open_source(args.data), "train")
     samples = 10 * len(split)
     fit = _times(lambda: train(TrainConfig(), split.images, split.labels), args.repeat)
@@ -304,6 +312,10 @@ def main(argv=None) -> int:
             if args.serve:
                 singles |= serve(model_uri, env, store, load_split(open_source(args.data), "test").images)
 
+    machine = _machine(load_before)
+    print(f"machine: {machine['cores']} cores, load average {machine['load_before']:.1f} at the start and "
+          f"{machine['load_after']:.1f} at the end (this run's own work included); "
+          + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()))
     print(f"data: {split.where}, {len(split)} images, 10 epochs at batch 34, {args.repeat} repetitions; "
           f"matmul rate used for the bound: {gflops:.1f} GFLOP/s, the faster of NumPy (1 thread) "
           f"{rates['numpy']:.1f} and MXNet FullyConnected {rates['mxnet']:.1f}, this net's shapes at batch 34")
@@ -314,7 +326,7 @@ def main(argv=None) -> int:
         print(f"{name:26}{value:>10.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({**rows, **singles}, f, indent=2)
+            json.dump({**rows, **singles, "machine": machine}, f, indent=2)
     return 0
 
 

@@ -26,6 +26,7 @@ def test_the_benchmark_reports_every_row_and_writes_json(mlflow_env, tmp_path):
     assert 0 < rows["sweep_figures_s"] < rows["sweep_wall_s"]
     assert rows["baseline_new_store_wall_s"] >= rows["baseline_wall_s"]["best"]
     assert "GFLOP/s" in proc.stdout
+    assert rows["machine"]["cores"] >= 1 and set(rows["machine"]["versions"]) == {"mxnet", "numpy", "mlflow", "optuna"}
 
 
 def test_an_unknown_option_is_refused_before_any_work(mlflow_env):
