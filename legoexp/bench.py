@@ -6,8 +6,9 @@ DataLoader with ToTensor + Normalize per batch, not hybridized, a metric update 
 same net and SGD written directly in NumPy; the rate of this net's matmuls and how far the fit
 is from the time that rate implies for its 1.23 MFLOP per sample; three whole baseline runs (the
 first creates the tracking store) and a whole 30-trial sweep, each from process start, with the
-share of the sweep spent in MLflow/Optuna bookkeeping (drawing figures is timed apart); with ``--serve``, latency and throughput of ``mlflow models serve``. Timings are
-repeated (min and median); compare ratios measured in one run, not figures across machines.
+share of the sweep spent in MLflow/Optuna bookkeeping (drawing figures is timed apart); with
+``--serve``, latency and throughput of ``mlflow models serve``. Timings are repeated (min and
+median); compare ratios measured in one run, not figures across machines.
 """
 
 import argparse
@@ -171,7 +172,6 @@ def sweep_probe(argv: list[str]) -> None:
 
     import mlflow
     import optuna
-
     from matplotlib.figure import Figure
 
     spent = [0.0]
@@ -266,7 +266,9 @@ def _machine(load_before: float) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m legoexp.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m legoexp.bench", description=__doc__.split("\n\n")[0],
+                                epilog="Options after -- go to the timed sweep, e.g. `-- --folds 2 --epochs 2` "
+                                       "for a quick try.")
     p.add_argument("--data", default="synthetic", help="as for the baseline (default: synthetic); "
                                                         "the lab's files when you have them")
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions of each fit (default 5)")
@@ -275,7 +277,6 @@ def main(argv=None) -> int:
     p.add_argument("--serve", action="store_true", help="also time `mlflow models serve` of the sweep's model")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--sweep-probe", action="store_true", help=argparse.SUPPRESS)
-    p.epilog = "Options after -- go to the timed sweep, e.g. `-- --folds 2 --epochs 2` for a quick try."
     args, rest = p.parse_known_args(argv)
     if args.sweep_probe:
         sweep_probe(["--data", args.data, "--trials", str(args.trials), *rest])

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from legoexp import plots, registry, tracking
 from legoexp import study as studies
 from legoexp.compare import compare, summary_metrics
+from legoexp.evidence import seeds_text  # the format promotion reads back
 from legoexp.train import TrainConfig
 
 
@@ -75,7 +76,7 @@ def compare_and_register(search, test_split) -> None:
 
 def _log_comparison(search, run_id, comparison, best_trial, test_split) -> dict:
     result, seeds = comparison.result, comparison.seeds
-    params = {"seeds": ",".join(map(str, seeds)), "best_trial": best_trial.number,
+    params = {"seeds": seeds_text(seeds), "best_trial": best_trial.number,
               "data_digest": search.train_split.digest, "test_digest": test_split.digest}
     for arm in (comparison.baseline, comparison.best):
         params |= {f"{arm.name}_{k}": v for k, v in arm.config.as_params().items() if k != "seed"}
@@ -105,7 +106,7 @@ def _register(search, models, comparison, best_trial, run_id) -> None:
         tags = {**common, **config, "data": search.cfg["data"], "data_source": search.source.uri,
                 "data_digest": search.train_split.digest, "test_accuracy_mean": np.mean(arm.accuracies),
                 "test_accuracy_ci": f"{lo:.4f}..{hi:.4f}", "seed": comparison.seeds[arm.median_index],
-                "seeds": ",".join(map(str, comparison.seeds))}
+                "seeds": seeds_text(comparison.seeds)}
         if value is not None:
             tags["val_accuracy"] = value
         version = registry.register(models[arm.name].model_uri, name, alias, tags)

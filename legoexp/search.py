@@ -7,7 +7,6 @@ complete or pruned, FAILED with a ``fail_reason``, or KILLED when interrupted.
 """
 
 import contextlib
-import functools
 import math
 import os
 import sys
@@ -206,7 +205,6 @@ class Search:
         trial.set_user_attr("mlflow_run_id", run_id)
         tracking.log_params(run_id, {**tracking.run_params(config, self.cfg["data"], self.source, self.train_split),
                                      "trial_number": trial.number, "folds": self.cfg["folds"]})
-        end = functools.partial(self._end_trial, run_id)
         accuracies = []
         try:
             with contextlib.closing(self.runner.accuracies(config, self.folds)) as fold_results:
@@ -216,19 +214,19 @@ class Search:
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"pruned after fold {k + 1}")
         except optuna.TrialPruned:
-            end(accuracies, "pruned", "FINISHED")
+            self._end_trial(run_id, accuracies, "pruned", "FINISHED")
             raise
         except Diverged as e:
             trial.set_user_attr("fail_reason", str(e))
-            end(accuracies, "failed", "FAILED", reason=str(e))
+            self._end_trial(run_id, accuracies, "failed", "FAILED", reason=str(e))
             raise
         except KeyboardInterrupt:
-            end(accuracies, "failed", "KILLED", reason="interrupted")
+            self._end_trial(run_id, accuracies, "failed", "KILLED", reason="interrupted")
             raise
         except Exception as e:
-            end(accuracies, "failed", "FAILED", reason=f"{type(e).__name__}: {e}")
+            self._end_trial(run_id, accuracies, "failed", "FAILED", reason=f"{type(e).__name__}: {e}")
             raise
-        end(accuracies, "complete", "FINISHED")
+        self._end_trial(run_id, accuracies, "complete", "FINISHED")
         return float(np.mean(accuracies))
 
     def _end_trial(self, run_id, accuracies, state, status, reason=None) -> None:

@@ -1,8 +1,10 @@
 """Shared fixtures: the lab's real files, temporary MLflow stores, and running commands for real."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,27 @@ def run_module(module: str, *args, env=None, cwd=None, timeout=600) -> subproces
     """Run ``python -m module args`` in a fresh process, as a user would."""
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=timeout)
+
+
+def kill_mid_trial(pids_mid_trial, timeout: float = 300) -> int:
+    """SIGKILL a process in the middle of a trial and return its pid. ``pids_mid_trial()`` gives
+    the pids whose trial is running now. The process is stopped first and looked at again: a
+    short trial can end between the look and the kill, and the kill would then test nothing."""
+    def look() -> set:
+        try:
+            return set(pids_mid_trial())
+        except Exception:  # the study may not exist yet
+            return set()
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pids = look()
+        if pids:
+            pid = min(pids)
+            os.kill(pid, signal.SIGSTOP)
+            if pid in look():
+                os.kill(pid, signal.SIGKILL)
+                return pid
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.2)
+    raise AssertionError("no process was seen in the middle of a trial")

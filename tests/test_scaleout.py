@@ -1,7 +1,6 @@
 """Many workers, one study: `--jobs` on a real PostgreSQL storage and a real `mlflow server`."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,6 +10,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+
+from conftest import kill_mid_trial
 
 pytest_plugins = ["services"]
 
@@ -71,13 +72,11 @@ def test_workers_share_a_postgres_study_and_survive_a_kill_9(postgres_url, mlflo
                             env=_env(mlflow_server, tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
-    def a_worker_mid_trial():
-        for t in _trials(postgres_url, study):
-            pid = int(t.user_attrs.get("owner", "x:0").split(":")[1])
-            if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs and pid != main.pid:
-                return pid
+    def workers_mid_trial():
+        return {int(t.user_attrs["owner"].split(":")[1]) for t in _trials(postgres_url, study)
+                if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs} - {main.pid}
 
-    os.kill(_wait_for(a_worker_mid_trial), signal.SIGKILL)
+    kill_mid_trial(workers_mid_trial)
     out, err = main.communicate(timeout=600)
     assert main.returncode == 0, err
     done, runs = _assert_complete(postgres_url, mlflow_server, study, 6)

@@ -16,7 +16,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from conftest import run_module
+from conftest import kill_mid_trial, run_module
 
 TINY = ["--folds", "2", "--seeds", "2", "--epochs", "2"]
 
@@ -130,22 +130,18 @@ def test_kill_9_mid_sweep_then_rerun_ends_with_exactly_n_trials_and_nothing_runn
             "--trials", "6", "--folds", "2", "--seeds", "2", "--epochs", "4"]
     victim = subprocess.Popen(args, env=mlflow_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = _store_dir(tracking_uri) / "optuna.journal"
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill it while a trial is running, after some have finished
-        time.sleep(0.2)
-        if not journal.exists():
-            continue
-        try:
-            trials = _study(journal.parent, name).get_trials()
-        except KeyError:
-            continue
+    children = []
+
+    def training_after_two_finished():  # the sweep, while a trial trains, after some have finished
+        trials = _study(journal.parent, name).get_trials()
         finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-        if finished >= 2 and any(t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
-                                 for t in trials):  # a trial is training
-            break
-    children = Path(f"/proc/{victim.pid}/task/{victim.pid}/children").read_text().split()
+        if finished >= 2 and any(t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials):
+            children[:] = Path(f"/proc/{victim.pid}/task/{victim.pid}/children").read_text().split()
+            return {victim.pid}
+        return set()
+
+    kill_mid_trial(training_after_two_finished)
     assert children  # its fold workers
-    os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     deadline = time.time() + 20
     while any(map(_running, children)) and time.time() < deadline:
@@ -262,19 +258,9 @@ def test_jobs_2_with_a_worker_killed_still_fills_the_study_exactly(mlflow_env, t
                              "--trials", "8", "--jobs", "2", *TINY[:2], "--seeds", "2", "--epochs", "4"],
                             env=mlflow_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     journal_dir = _store_dir(tracking_uri)
-    victim, deadline = None, time.time() + 300
-    while victim is None and time.time() < deadline and main.poll() is None:
-        time.sleep(0.2)
-        try:
-            trials = _study(journal_dir, name).get_trials()
-        except KeyError:
-            continue
-        for t in trials:  # a worker (not the main process) in the middle of a trial
-            pid = int(t.user_attrs.get("owner", "x:0").split(":")[1])
-            if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs and pid != main.pid:
-                victim = pid
-    assert victim is not None, "no worker was seen running a trial"
-    os.kill(victim, signal.SIGKILL)
+    kill_mid_trial(lambda: {int(t.user_attrs["owner"].split(":")[1])  # a worker, not the main process
+                            for t in _study(journal_dir, name).get_trials()
+                            if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs} - {main.pid})
     out, err = main.communicate(timeout=600)
     assert main.returncode == 0, err
     trials = _study(journal_dir, name).get_trials()
