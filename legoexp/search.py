@@ -135,8 +135,20 @@ class Search:
                 if studies.count_finished(self.study) < self.cfg["trials"]:
                     time.sleep(2)
                     self._progress(bar)
+            self._end_stray_runs()
         finally:
             bar.close()
+
+    def _end_stray_runs(self) -> None:
+        """End the trial runs still RUNNING whose trial has ended: the process that ran the trial
+        could not reach the tracking store to end its run (e.g. while the database was down)."""
+        ended = {str(t.number) for t in self.study.get_trials(deepcopy=False) if t.state != TrialState.RUNNING}
+        runs = self.client.search_runs([self.experiment_id], f"tags.`legoexp.study` = '{self.cfg['study_name']}' "
+                                       "and tags.`legoexp.kind` = 'trial' and attributes.status = 'RUNNING'")
+        for run in runs:
+            if run.data.tags.get("trial_number") in ended:
+                tracking.set_tags(run.info.run_id, {"state": "failed", "fail_reason": "its process could not end it"})
+                self.client.set_terminated(run.info.run_id, "KILLED")
 
     def work(self, on_trial=None) -> bool:
         """Claim and run trials while the study needs more; False if it gave up (time, failures)."""
@@ -157,7 +169,7 @@ class Search:
         """A new trial, unless finished + running trials already make the target; under a lock,
         so that workers sharing the study never start more trials than ``--trials`` asks for."""
         with studies.claim_lock(self.storage):
-            studies.fail_orphans(self.study, self.storage, self._kill_trial_run)
+            studies.fail_orphans(self.study, self.storage, self._kill_trial_run, claims_locked=True)
             active = self.study.get_trials(deepcopy=False, states=studies.FINISHED + (TrialState.RUNNING,))
             if len(active) >= self.cfg["trials"]:
                 return None

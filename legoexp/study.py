@@ -145,9 +145,12 @@ def create_study(name: str, storage, seed: int, baseline: dict) -> optuna.Study:
 
 
 def fail_orphans(study: optuna.Study, storage,
-                 on_orphan: Callable[[optuna.trial.FrozenTrial], None]) -> int:
+                 on_orphan: Callable[[optuna.trial.FrozenTrial], None], claims_locked: bool = False) -> int:
     """Mark FAIL the RUNNING trials whose owner is gone: its process on this host has ended, or
-    (on a database storage) its heartbeat stopped, wherever it ran."""
+    (on a database storage) its heartbeat stopped, wherever it ran. With ``claims_locked`` (the
+    caller holds ``claim_lock``, under which a trial is asked for and given its owner), a RUNNING
+    trial with no owner is one whose claim broke off between the two, e.g. when the storage went
+    away, and it is failed too: nobody will ever run it."""
     host = socket.gethostname()
     study_id = storage.get_study_id_from_name(study.study_name)
     count = 0
@@ -160,10 +163,11 @@ def fail_orphans(study: optuna.Study, storage,
                 count += 1
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner_host, _, pid = str(trial.user_attrs.get("owner", "")).partition(":")
-        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+        unclaimed = claims_locked and "owner" not in trial.user_attrs
+        if not unclaimed and (owner_host != host or not pid.isdigit() or _alive(int(pid))):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        storage.set_trial_user_attr(trial_id, "fail_reason", "its process died")
+        storage.set_trial_user_attr(trial_id, "fail_reason", "its claim broke off" if unclaimed else "its process died")
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         on_orphan(trial)
         count += 1

@@ -198,6 +198,35 @@ def test_a_fold_worker_killed_is_a_one_line_error_and_a_rerun_completes(mlflow_e
     assert not any(r.info.status == "RUNNING" for r in _runs(name))
 
 
+def test_a_trial_whose_claim_broke_off_is_failed_only_under_the_claim_lock(tmp_path):
+    from legoexp.study import fail_orphans
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.ask()  # asked for, but its owner never recorded (the storage went away in between)
+    seen = []
+    assert fail_orphans(study, storage, seen.append) == 0  # without the lock it may be a claim in progress
+    assert study.trials[0].state == TrialState.RUNNING
+    assert fail_orphans(study, storage, seen.append, claims_locked=True) == 1
+    assert study.trials[0].state == TrialState.FAIL
+    assert study.trials[0].user_attrs["fail_reason"] == "its claim broke off"
+    assert [t.number for t in seen] == [0]
+
+
+@pytest.mark.slow
+def test_a_trial_run_left_running_after_its_trial_ended_is_ended_by_the_next_sweep(mlflow_env, tracking_uri):
+    proc, name = _sweep(mlflow_env, "--trials", "2", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    client = MlflowClient()
+    stray = next(r for r in _runs(name) if r.data.tags["legoexp.kind"] == "trial")
+    client.update_run(stray.info.run_id, status="RUNNING")  # as if its process could not reach the store to end it
+    proc, _ = _sweep(mlflow_env, "--trials", "2", *TINY, study=name)
+    assert proc.returncode == 0, proc.stderr
+    run = client.get_run(stray.info.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["fail_reason"] == "its process could not end it"
+    assert not any(r.info.status == "RUNNING" for r in _runs(name))
+
+
 @pytest.mark.slow
 def test_a_diverging_trial_is_recorded_and_the_study_goes_on(mlflow_env, tracking_uri, tmp_path):
     space = tmp_path / "space.yaml"
