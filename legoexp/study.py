@@ -97,8 +97,9 @@ def heartbeat(storage, trial):
     return get_heartbeat_thread(trial._trial_id, storage)
 
 
-def open_storage(url: str, default_dir: Path):
-    """An Optuna storage for ``url`` ('' = journal file in ``default_dir``); ConfigError if it can't open."""
+def open_storage(url: str, default_dir: Path, heartbeat: int = 10):
+    """An Optuna storage for ``url`` ('' = journal file in ``default_dir``); ConfigError if it can't open.
+    A running trial signs of life every ``heartbeat`` seconds; silent for 3 of them, it counts as dead."""
     try:
         if not url or url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
@@ -109,7 +110,7 @@ def open_storage(url: str, default_dir: Path):
             storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
             storage.claim_lock_path = f"{path}.claim.lock"
             return storage
-        storage = optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30,
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                                              engine_kwargs={"pool_pre_ping": True})  # survives a DB restart
         if url.startswith("sqlite:///"):
             storage.claim_lock_path = f"{url[len('sqlite:///'):]}.claim.lock"

@@ -33,6 +33,7 @@ SETTINGS = {
     "model_name": Setting(str, bool, "a non-empty name"),
     "search_space": Setting(str),
     "jobs": int_range(1, 256),
+    "heartbeat": int_range(1, 3600),
 }
 HELP = {
     "trials": "finished (complete or pruned) trials the study must reach",
@@ -45,6 +46,8 @@ HELP = {
     "search_space": "a search-space YAML file (default: conf/search_space.yaml)",
     "jobs": "worker processes on this machine sharing the study (default 1: trials run here, "
             "their folds in parallel)",
+    "heartbeat": "seconds between a running trial's heartbeats; a trial silent for 3 heartbeats is failed "
+                 "and redone by the others (default 10)",
 }
 
 
@@ -96,7 +99,7 @@ def main(argv=None) -> int:
     from legoexp.search import Search
 
     store_dir = tracking.store_directory()
-    storage = studies.open_storage(cfg["storage"], store_dir)  # a bad URL fails before anything is created
+    storage = studies.open_storage(cfg["storage"], store_dir, cfg["heartbeat"])  # a bad URL fails before anything is created
     tracking.use_experiment(cfg["experiment_name"])
     search = Search(cfg, space, baseline, source, train_split, storage,
                     storage_label=studies.storage_label(cfg["storage"], store_dir))
