@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 from optuna.trial import TrialState
 
-from legoexp import plots, registry, tracking
+from legoexp import plots, progress, registry, tracking
 from legoexp import study as studies
 from legoexp.compare import compare, summary_metrics
 from legoexp.evidence import seeds_text  # the format promotion reads back
@@ -50,14 +50,14 @@ def needs_comparison(search) -> bool:
     done = search.client.get_run(search.parent_id).data.tags.get("compared_trial")
     return done != str(search.study.best_trial.number)
 
-def compare_and_register(search, test_split) -> None:
+def compare_and_register(search, test_split, quiet: bool = False) -> None:
     best_trial = search.study.best_trial
     best = TrainConfig(epochs=search.cfg["epochs"], seed=search.cfg["seed"], **best_trial.params)
     seeds = list(range(search.cfg["seed"], search.cfg["seed"] + search.cfg["seeds"]))
     print(f"comparing baseline and best (trial {best_trial.number}) over seeds {seeds} on the test split",
           file=sys.stderr)
     comparison = compare(search.baseline, best, seeds, search.train_split, test_split,
-                         progress=lambda line: print("  " + line, file=sys.stderr))
+                         progress=progress.Fits(2 * len(seeds), quiet))
     result = comparison.result
     run = search.client.create_run(search.experiment_id, run_name="comparison",
                                  tags={"mlflow.parentRunId": search.parent_id, "legoexp.kind": "comparison",

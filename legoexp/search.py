@@ -18,9 +18,8 @@ import numpy as np
 import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
-from tqdm import tqdm
 
-from legoexp import cv, tracking, workers
+from legoexp import cv, progress, tracking, workers
 from legoexp import study as studies
 from legoexp.errors import ConfigError, UserError
 from legoexp.train import Diverged, TrainConfig
@@ -77,8 +76,7 @@ class Search:
         else:
             self.client.update_run(run_id, status="RUNNING")
         self.parent_id = run_id
-        ui = mlflow.get_tracking_uri() if mlflow.get_tracking_uri().startswith("http") else "http://127.0.0.1:5000"
-        self.parent_url = f"{ui.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        self.parent_url = tracking.run_url(self.experiment_id, run_id)
         orphans = studies.fail_orphans(self.study, self.storage, self._kill_trial_run)
         if orphans:
             print(f"marked {orphans} trial(s) of a dead process as failed", file=sys.stderr)
@@ -119,25 +117,24 @@ class Search:
             self.client.set_terminated(run_id, "KILLED")
 
     # -- the search ----------------------------------------------------------------------------
-    def run(self, jobs: int = 1, worker_args: list[str] | None = None) -> None:
+    def run(self, jobs: int = 1, worker_args: list[str] | None = None, quiet: bool = False) -> None:
         """Reach ``trials`` finished trials: here, or in ``jobs`` worker processes watched from here."""
-        bar = tqdm(total=self.cfg["trials"], desc="trials", unit="trial", file=sys.stderr,
-                   dynamic_ncols=True, disable=None)
+        shown = progress.Trials(self.cfg["trials"], self.study.get_trials(deepcopy=False), quiet)
         try:
             if jobs > 1:
-                workers.run_workers(jobs, worker_args, self.parent_id, lambda: self._progress(bar))
+                workers.run_workers(jobs, worker_args, self.parent_id, lambda: self._progress(shown))
             # after workers too: what a dead worker left undone is redone here; trials that workers
             # elsewhere still run are waited for
             deadline = time.monotonic() + self.cfg["timeout"] if self.cfg["timeout"] else math.inf
             while studies.count_finished(self.study) < self.cfg["trials"] and time.monotonic() < deadline:
-                if not self.work(on_trial=lambda: self._progress(bar)):
+                if not self.work(on_trial=lambda: self._progress(shown)):
                     break
                 if studies.count_finished(self.study) < self.cfg["trials"]:
                     time.sleep(2)
-                    self._progress(bar)
+                    self._progress(shown)
             self._end_stray_runs()
         finally:
-            bar.close()
+            shown.close()
 
     def _end_stray_runs(self) -> None:
         """End the trial runs still RUNNING whose trial has ended: the process that ran the trial
@@ -193,18 +190,8 @@ class Search:
         self.study.tell(trial, value, state=state)
         return state
 
-    def _progress(self, bar) -> None:
-        pruned = len(self.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
-        best = self._best_value()
-        bar.n = min(studies.count_finished(self.study), bar.total)
-        bar.set_postfix_str(f"pruned {pruned}, best val_accuracy {best:.4f}" if best is not None else
-                            f"pruned {pruned}")
-
-    def _best_value(self):
-        try:
-            return self.study.best_value
-        except ValueError:
-            return None
+    def _progress(self, shown: progress.Trials) -> None:
+        shown.update(self.study.get_trials(deepcopy=False))
 
     def _objective(self, trial: optuna.Trial) -> float:
         point = studies.suggest(trial, self.space)
@@ -215,6 +202,7 @@ class Search:
                   self.cfg["study_name"], "trial_number": str(trial.number), "state": "running"})
         run_id = run.info.run_id
         trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("mlflow_run_url", tracking.run_url(self.experiment_id, run_id))  # shown by optuna-dashboard
         tracking.log_params(run_id, {**tracking.run_params(config, self.cfg["data"], self.source, self.train_split),
                                      "trial_number": trial.number, "folds": self.cfg["folds"]})
         accuracies = []

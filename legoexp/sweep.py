@@ -67,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="only run trials of an existing study under its parent run, then exit (what --jobs "
                         "starts, and what other machines run; see docs/scale-out.md)")
     p.add_argument("--parent-run-id", help="with --worker: the parent run (default: the study's)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (in a terminal) or progress lines (in a log) for trials and fits")
     p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)  # a worker --jobs started
     return p.parse_args(argv)
 
@@ -111,10 +113,11 @@ def main(argv=None) -> int:
             search.work()
         return 0
     with search.parent_run():
-        search.run(cfg["jobs"], workers.worker_command(cfg, SETTINGS))
+        search.run(cfg["jobs"], workers.worker_command(cfg, SETTINGS), quiet=args.quiet)
         report.log_study(search)
         if report.needs_comparison(search):
-            report.compare_and_register(search, load_split(source, "test"))  # the first read of the test split
+            # the first read of the test split
+            report.compare_and_register(search, load_split(source, "test"), quiet=args.quiet)
         else:
             print("the best trial was already compared and registered; nothing left to do", file=sys.stderr)
     print(f"done in {time.perf_counter() - started:.1f} s; see it: mlflow ui --backend-store-uri "

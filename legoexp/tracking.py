@@ -57,6 +57,13 @@ def check_store() -> None:
                             "is, or set MLFLOW_TRACKING_URI")
 
 
+def run_url(experiment_id: str, run_id: str) -> str:
+    """Where the MLflow UI shows a run: the tracking server's own, or `mlflow ui`'s default address."""
+    uri = mlflow.get_tracking_uri()
+    ui = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def run_params(config: TrainConfig, data: str, source: Source, train: Split) -> dict:
     return {**config.as_params(), "data": data, "data_source": source.uri, "data_digest": train.digest}
 
