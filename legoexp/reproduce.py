@@ -15,7 +15,7 @@ from functools import partial
 
 import numpy as np
 
-from legoexp.cv import fold_indices
+from legoexp.cv import fold_accuracy, fold_indices
 from legoexp.errors import DataError, UserError, run_main
 
 CONFIG_KEYS = {"epochs": int, "lr": float, "batch_size": int, "hidden1": int, "hidden2": int, "seed": int}
@@ -98,18 +98,16 @@ def reproduce_baseline(config, train_split, test_split) -> dict:
 def reproduce_trial(config, split, folds: int, logged: dict, failed: bool) -> dict:
     """Fold accuracies for as many folds as the trial logged (one more if it failed in the next),
     and ``val_accuracy`` if it finished."""
-    from legoexp.evaluate import evaluate
-    from legoexp.train import Diverged, train
+    from legoexp.train import Diverged
 
     done = sum(key.startswith(FOLD) for key in logged) + failed
     metrics, accuracies = {}, []
     for k, (fit_idx, val_idx) in enumerate(fold_indices(split.labels, folds, config.seed)[:done]):
         try:
-            fit = train(config, split.images[fit_idx], split.labels[fit_idx])
+            accuracies.append(fold_accuracy(config, split.images, split.labels, fit_idx, val_idx))
         except Diverged as e:
             metrics["fail_reason"] = {0: str(e)}
             break
-        accuracies.append(evaluate(fit.net, split.images[val_idx], split.labels[val_idx]).accuracy)
         metrics[f"{FOLD}{k}"] = {0: accuracies[-1]}
     if "val_accuracy" in logged:
         metrics["val_accuracy"] = {0: float(np.mean(accuracies))}
