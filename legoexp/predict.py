@@ -100,7 +100,25 @@ def load_model(uri: str):
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as e:
         first = str(getattr(e, "message", e)).strip().splitlines()[0]
-        raise UserError(f"model {uri}: {first} (tracking store {mlflow.get_tracking_uri()})") from None
+        raise UserError(f"model {uri}: {first} (tracking store {mlflow.get_tracking_uri()})"
+                        f"{_alias_hint(uri)}") from None
+
+
+def _alias_hint(uri: str) -> str:
+    """For a registered model that lacks the alias asked for: the aliases it has, and how @champion is made."""
+    from legoexp.registry import model_aliases
+
+    name, at, alias = uri.removeprefix("models:/").partition("@")
+    aliases = model_aliases(name) if uri.startswith("models:/") and at else None
+    if not aliases or alias in aliases:
+        return ""
+    example = "challenger" if "challenger" in aliases else sorted(aliases)[0]
+    hint = (f"; {name} has {', '.join('@' + a for a in sorted(aliases))}: predict with one of them, "
+            f"e.g. --model models:/{name}@{example}")
+    if alias == "champion":
+        hint += (", or make a version the champion with `python -m legoexp.promote` "
+                 "(`--force` promotes it even when the gate refuses)")
+    return hint
 
 
 def predict(model, images: np.ndarray) -> np.ndarray:

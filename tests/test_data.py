@@ -200,3 +200,26 @@ def test_bad_data_parameters_say_what_is_expected(spec, message):
 def test_a_directory_without_lego_files_is_refused(tmp_path):
     with pytest.raises(DataError, match="holds neither"):
         open_source(str(tmp_path))
+
+
+@pytest.mark.parametrize("data", ["synthetic", "lab files"])
+def test_python_m_legoexp_data_writes_both_splits_as_npz_that_read_back_the_same(tmp_path, request, data):
+    from conftest import run_module
+
+    spec = str(request.getfixturevalue("lab_dir")) if data == "lab files" else data
+    out = tmp_path / "exported"
+    proc = run_module("legoexp.data", spec, out)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["test.npz", "train.npz"]
+    written, original = open_source(str(out)), open_source(spec)
+    assert written.kind == "npz"
+    for split in ("train", "test"):
+        assert load_split(written, split).digest == load_split(original, split).digest
+
+
+def test_python_m_legoexp_data_refuses_a_file_as_its_directory(tmp_path):
+    from conftest import run_module
+
+    (tmp_path / "a-file").write_text("")
+    proc = run_module("legoexp.data", "synthetic", tmp_path / "a-file")
+    assert proc.returncode == 2 and proc.stderr == f"error: {tmp_path / 'a-file'}: exists and is not a directory\n"

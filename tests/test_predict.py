@@ -181,3 +181,19 @@ def test_without_model_it_loads_the_champion_and_a_missing_store_is_refused_not_
     assert not store.exists()
     proc = run_module("legoexp.predict", "--help")
     assert "default models:/lego-classifier@champion" in proc.stdout
+
+
+def test_a_model_without_a_champion_yet_is_refused_with_its_aliases_and_how_to_promote(mlflow_env, model, tmp_path):
+    from legoexp import registry
+
+    name = f"lego-{uuid.uuid4().hex[:8]}"
+    registry.register(model[0], name, "challenger", {})  # what a sweep leaves when promote's gate refused
+    images = _npz(tmp_path, images=np.zeros((1, 48, 48), np.uint8))
+    proc = run_module("legoexp.predict", "--model", f"models:/{name}@champion", images, env=mlflow_env)
+    _one_line_error(proc, "Registered model alias champion not found")
+    assert proc.stderr.rstrip().endswith(
+        f"; {name} has @challenger: predict with one of them, e.g. --model models:/{name}@challenger, or make a "
+        "version the champion with `python -m legoexp.promote` (`--force` promotes it even when the gate refuses)")
+    proc = run_module("legoexp.predict", "--model", f"models:/{name}@other", images, env=mlflow_env)
+    _one_line_error(proc, "alias other not found")
+    assert proc.stderr.rstrip().endswith(f"e.g. --model models:/{name}@challenger")
