@@ -8,6 +8,8 @@ store is a second database on the same cluster, and it serves artifacts from a t
 directory).
 ``pytest_plugins`` loads this module once per session, so every module shares one cluster and one
 server; importing the fixtures by name instead would start one of each per importing module.
+Other servers (``optuna-dashboard``, ``mlflow models serve``) start with ``background_service``,
+which any test module may import: it waits for a URL to answer and stops every process after.
 
 ``initdb`` refuses to run as root, so as root the cluster runs as the unprivileged system user
 ``legoexp-pg`` (created if missing, with ``useradd --system``) through ``runuser``; as any other
@@ -177,12 +179,14 @@ def postgres_cluster(settings: dict[str, str] | None = None) -> Iterator[Postgre
         cluster.remove()
 
 
-class MlflowServer:
-    def __init__(self, url: str, process: subprocess.Popen, log: Path):
-        self.url, self.process, self.log = url, process, log
+class Service:
+    """A server started in a session of its own, so that it and the workers it starts are one process group."""
+
+    def __init__(self, name: str, url: str, process: subprocess.Popen, log: Path):
+        self.name, self.url, self.process, self.log = name, url, process, log
 
     def stop(self) -> None:
-        """Stop the server and its uvicorn workers (its own process group) and check that all are gone."""
+        """Stop the server and its workers (its own process group) and check that all are gone."""
         group = self.process.pid  # the leader of the session it was started in
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGTERM)
@@ -197,7 +201,7 @@ class MlflowServer:
             if time.monotonic() > deadline:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(group, signal.SIGKILL)
-                raise AssertionError(f"the MLflow server's workers (process group {group}) outlived it")
+                raise AssertionError(f"{self.name}'s workers (process group {group}) outlived it")
             time.sleep(0.2)
 
 
@@ -212,13 +216,43 @@ def _group_alive(group: int) -> bool:
 
 
 @contextlib.contextmanager
-def mlflow_tracking_server(backend_store_uri: str, workers: int = 1) -> Iterator[MlflowServer]:
+def background_service(name: str, command: list[str], port: int, ready_path: str, log: Path,
+                       cwd: Path, env: dict) -> Iterator[Service]:
+    """``command`` (listening on 127.0.0.1:``port``) running, ready once ``ready_path`` answers 200 (within
+    ``STARTUP_TIMEOUT``), and stopped with all its processes afterwards, even when the test failed."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   cwd=cwd, env=env, start_new_session=True)
+    service = Service(name, f"http://127.0.0.1:{port}", process, log)
+    try:
+        _wait_ready(service, ready_path)
+        yield service
+    finally:
+        service.stop()
+
+
+def _wait_ready(service: Service, path: str) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"{service.name} exited with {service.process.returncode} while starting:\n"
+                               f"{tail(service.log)}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{service.url}{path}", timeout=5) as response:
+                if response.status == 200:
+                    return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{service.name} at {service.url} not ready after {STARTUP_TIMEOUT} s:\n"
+                               f"{tail(service.log)}")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def mlflow_tracking_server(backend_store_uri: str, workers: int = 1) -> Iterator[Service]:
     """``mlflow server`` on a free port of 127.0.0.1 serving artifacts from a temporary directory;
     ready when ``/health`` answers, stopped (all its processes) afterwards."""
     root = Path(tempfile.mkdtemp(prefix="legoexp-mlflow-"))
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = root / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     # no GenAI job runner: it starts 8 more processes (~0.8 GB) that tracking runs never use
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
@@ -226,34 +260,11 @@ def mlflow_tracking_server(backend_store_uri: str, workers: int = 1) -> Iterator
                "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
                "--default-artifact-root", "mlflow-artifacts:/", "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(workers)]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   cwd=root, env=env, start_new_session=True)
-    server = MlflowServer(url, process, log)
     try:
-        _wait_healthy(server)
-        yield server
+        with background_service("mlflow server", command, port, "/health", root / "server.log", root, env) as server:
+            yield server
     finally:
-        try:
-            server.stop()
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-
-
-def _wait_healthy(server: MlflowServer) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {server.process.returncode} while starting:\n"
-                               f"{tail(server.log)}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{server.url}/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"mlflow server at {server.url} not healthy after {STARTUP_TIMEOUT} s:\n"
-                               f"{tail(server.log)}")
-        time.sleep(0.5)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _require_postgres() -> None:

@@ -1,0 +1,66 @@
+"""The study live in optuna-dashboard: the real dashboard on a sweep's own storage, read through its API."""
+
+import json
+import os
+import shutil
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import require, run_module
+from services import background_service, free_port
+
+TRIALS = 3
+
+
+def _json(url: str):
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.load(response)
+
+
+@pytest.mark.slow
+def test_optuna_dashboard_on_the_default_journal_shows_the_study_its_trials_and_their_mlflow_runs(
+        mlflow_env, tracking_uri, tmp_path):
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    require(dashboard.is_file() or shutil.which("optuna-dashboard") is not None,
+            "optuna-dashboard is not installed (pip install -e '.[test]')")
+    name = f"study-{uuid.uuid4().hex[:8]}"
+    proc = run_module("legoexp.sweep", "--trials", TRIALS, "--folds", "2", "--seeds", "2", "--epochs", "2",
+                      "--study-name", name, "--experiment-name", name, "--quiet", env=mlflow_env)
+    assert proc.returncode == 0, proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if line.startswith(("trial ", "fit "))], proc.stderr
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name).experiment_id
+    runs = client.search_runs([experiment])
+    parent = next(r for r in runs if r.data.tags["legoexp.kind"] == "sweep")
+    journal = Path(tracking_uri[len("sqlite:///"):]).parent / "optuna.journal"  # the default: beside the store
+    assert parent.data.params["study_name"] == name and parent.data.params["storage"] == f"journal:{journal}"
+    trial_runs = {r.data.tags["trial_number"]: r for r in runs if r.data.tags["legoexp.kind"] == "trial"}
+
+    port = free_port()
+    command = [str(dashboard) if dashboard.is_file() else "optuna-dashboard", "optuna.journal",
+               "--host", "127.0.0.1", "--port", str(port)]  # as the README says, in the store's folder
+    with background_service("optuna-dashboard", command, port, "/api/studies", tmp_path / "dashboard.log",
+                            cwd=journal.parent, env=os.environ.copy()) as service:
+        summaries = _json(f"{service.url}/api/studies")["study_summaries"]
+        [summary] = [s for s in summaries if s["study_name"] == name]
+        assert summary["directions"] == ["maximize"]
+        assert {a["key"]: a["value"] for a in summary["user_attrs"]}["mlflow_parent_run_id"] == parent.info.run_id
+        study = _json(f"{service.url}/api/studies/{summary['study_id']}?after=0")
+
+    assert study["name"] == name
+    trials = study["trials"]
+    assert [t["number"] for t in trials] == list(range(TRIALS))
+    for trial in trials:
+        run = trial_runs[str(trial["number"])]
+        assert trial["state"] == {"complete": "Complete", "pruned": "Pruned"}[run.data.tags["state"]]
+        attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        assert attrs["mlflow_run_id"] == run.info.run_id
+        assert attrs["mlflow_run_url"] == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run.info.run_id}"
+        if trial["state"] == "Complete":
+            assert trial["values"] == [pytest.approx(run.data.metrics["val_accuracy"])]
