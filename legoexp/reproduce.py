@@ -1,15 +1,17 @@
-"""``python -m legoexp.reproduce RUN_ID``: re-run a logged baseline or trial run and compare its metrics.
+"""``python -m legoexp.reproduce RUN``: re-run a logged baseline or trial run and compare its metrics.
 
-The run's params give the training config and the data. The data must still be what the run saw
-(the training split's digest against the logged ``data_digest``, and for a baseline the test
-split's against its ``lego-test`` dataset input), or the command refuses. A baseline run is
-retrained with the one ``train`` function and scored by ``evaluate`` on the test split; a trial
-run is re-scored on the same stratified folds of the training split as the sweep made them.
-Every logged metric value is printed beside its reproduction and compared exactly: exit 0 when
-all are IDENTICAL, 1 when any is DIFFERENT. Nothing is logged; the tracking store is only read.
+RUN is a run id, or a run's name for the latest run of that name. The run's params give the
+training config and the data. The data must still be what the run saw (the training split's
+digest against the logged ``data_digest``, and for a baseline the test split's against its
+``lego-test`` dataset input), or the command refuses. A baseline run is retrained with the one
+``train`` function and scored by ``evaluate`` on the test split; a trial run is re-scored on the
+same stratified folds of the training split as the sweep made them. Every logged metric value
+is printed beside its reproduction and compared exactly: exit 0 when all are IDENTICAL, 1 when
+any is DIFFERENT. Nothing is logged; the tracking store is only read.
 """
 
 import argparse
+import re
 import sys
 from functools import partial
 
@@ -21,6 +23,7 @@ from legoexp.errors import DataError, UserError, run_main
 CONFIG_KEYS = {"epochs": int, "lr": float, "batch_size": int, "hidden1": int, "hidden2": int, "seed": int}
 BASELINE_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 FOLD = "val_accuracy_fold"  # + k: a trial's accuracy on fold k
+RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,11 +34,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         epilog="It refuses (exit 2) when the data now at the run's data source differs from the data the "
                "run logged (data_digest). It logs nothing: no new run is made, the tracking store "
                "(MLFLOW_TRACKING_URI, default sqlite:///mlflow.db) is only read.")
-    p.add_argument("run_id", metavar="RUN_ID", help="the MLflow run id of a baseline run or a sweep's trial run")
+    p.add_argument("run_id", metavar="RUN",
+                   help="the MLflow run id of a baseline run or a sweep's trial run, or its name (baseline-seed42, "
+                        "trial-003: the latest run of that name)")
     return p.parse_args(argv)
 
 
-def read_run(run_id: str):
+def read_run(ref: str):
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -43,15 +48,29 @@ def read_run(run_id: str):
     from legoexp.tracking import check_store
 
     check_store()
+    client = MlflowClient()
     try:
-        run = MlflowClient().get_run(run_id)
+        run = client.get_run(ref) if RUN_ID.fullmatch(ref) else _latest_named(client, ref)
     except MlflowException:
-        raise UserError(f"run {run_id}: not found in the tracking store {mlflow.get_tracking_uri()}") from None
+        run = None
+    if run is None:
+        raise UserError(f"run {ref}: not found in the tracking store {mlflow.get_tracking_uri()}; expected a run "
+                        "id or a run's name") from None
     kind = run.data.tags.get("legoexp.kind")
     if kind not in ("baseline", "trial"):
         raise UserError(f"run {run_id} ({run.info.run_name}) is {'a ' + kind if kind else 'not a legoexp'} run; "
                         "expected a baseline run or a sweep's trial run")
     return run
+
+
+def _latest_named(client, name: str):
+    """The latest run called ``name`` in any experiment, or None."""
+    if "'" in name:  # not in any name legoexp gives, and it would end the filter's quoted string
+        return None
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, f"attributes.run_name = '{name}'", max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
 
 
 def train_config(run):
@@ -169,7 +188,7 @@ def main(argv=None) -> int:
         reproduce = partial(reproduce_baseline, config, train_split, load_checked(run, "test"))
     else:
         reproduce = partial(reproduce_trial, config, train_split, folds_param(run), logged, failed_trial(run))
-    print(f"reproducing {kind} run {args.run_id} ({run.info.run_name}) with {config} on {train_split.where}",
+    print(f"reproducing {kind} run {run.info.run_id} ({run.info.run_name}) with {config} on {train_split.where}",
           file=sys.stderr)
 
     from legoexp.train import Diverged

@@ -53,6 +53,8 @@ def test_a_fresh_baseline_run_reproduces_identical_and_a_changed_metric_is_diffe
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[-1] == "IDENTICAL: all 6 logged values reproduced exactly"
+    by_name = run_module("legoexp.reproduce", run.info.run_name, env=mlflow_env)  # the latest run of that name
+    assert by_name.stdout == proc.stdout and f"baseline run {run.info.run_id} (" in by_name.stderr
     compared = [line.split()[0] for line in lines if line.endswith("IDENTICAL")]
     assert compared == ["train_loss"] * 2 + ["train_accuracy"] * 2 + ["test_loss", "test_accuracy"]
     assert repr(run.data.metrics["test_accuracy"]) in proc.stdout
@@ -102,6 +104,9 @@ def test_an_unknown_run_id_is_one_line_exit_2(mlflow_env):
     MlflowClient().search_experiments()  # the store exists (creating it is what a first run does)
     proc = run_module("legoexp.reproduce", "0123456789abcdef0123456789abcdef", env=mlflow_env)
     _one_line_error(proc, "run 0123456789abcdef0123456789abcdef: not found in the tracking store sqlite:///")
+    proc = run_module("legoexp.reproduce", "no-such-run", env=mlflow_env)
+    _one_line_error(proc, "run no-such-run: not found in the tracking store sqlite:///")
+    assert proc.stderr.rstrip().endswith("; expected a run id or a run's name")
 
 
 def test_a_run_that_is_not_a_baseline_or_trial_is_refused(mlflow_env):
