@@ -63,6 +63,9 @@ def _die_with(parent: int) -> None:
 
 
 def _worker_fold(config, fit_idx, val_idx) -> float:
+    from legoexp import faults
+
+    faults.point("fold.train")
     return fold_accuracy(config, *_split, fit_idx, val_idx)
 
 

@@ -12,11 +12,9 @@ from mlflow.tracking import MlflowClient
 
 
 def alias_version(name: str, alias: str) -> str | None:
-    """The version holding ``alias`` of registered model ``name``, or None."""
-    try:
-        return MlflowClient().get_model_version_by_alias(name, alias).version
-    except MlflowException:
-        return None
+    """The version holding ``alias`` of registered model ``name``, or None (no such model or alias);
+    a registry that fails raises."""
+    return (model_aliases(name) or {}).get(alias)
 
 
 def register(model_uri: str, name: str, alias: str, tags: dict) -> str:

@@ -57,6 +57,20 @@ def check_store() -> None:
                             "is, or set MLFLOW_TRACKING_URI")
 
 
+STORE_FAILURES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
+
+
+def store_failure(e: Exception) -> Exception:
+    """What to raise for an MLflow error: a store that failed (unreachable, a 5xx, a locked or broken
+    database) becomes one line naming it; anything else (a bug) is ``e`` itself."""
+    if getattr(e, "error_code", None) not in STORE_FAILURES:
+        return e
+    text = str(getattr(e, "message", e)).strip()
+    detail = text.splitlines()[0][:300] if text else type(e).__name__
+    return UserError(f"the tracking store {mlflow.get_tracking_uri()} failed ({detail}); when it works again, "
+                     "rerun the same command to resume")
+
+
 def run_params(config: TrainConfig, data: str, source: Source, train: Split) -> dict:
     return {**config.as_params(), "data": data, "data_source": source.uri, "data_digest": train.digest}
 

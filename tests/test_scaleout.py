@@ -1,6 +1,7 @@
 """Many workers, one study: `--jobs` on a real PostgreSQL storage and a real `mlflow server`."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import kill_mid_trial
+from conftest import faults_env, held_at_fault
 
 pytest_plugins = ["services"]
 
@@ -69,14 +70,11 @@ def _assert_complete(postgres_url, mlflow_server, study, trials):
 def test_workers_share_a_postgres_study_and_survive_a_kill_9(postgres_url, mlflow_server, tmp_path):
     study = f"pg-{uuid.uuid4().hex[:8]}"
     main = subprocess.Popen(_command(study, postgres_url, 6, "--jobs", "2", "--epochs", "4"),
-                            env=_env(mlflow_server, tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-    def workers_mid_trial():
-        return {int(t.user_attrs["owner"].split(":")[1]) for t in _trials(postgres_url, study)
-                if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs} - {main.pid}
-
-    kill_mid_trial(workers_mid_trial)
+                            env=faults_env(_env(mlflow_server, tmp_path), "trial.fold=stop", tmp_path / "held"),
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    held = held_at_fault(main, tmp_path / "held")  # a worker, after its first fold report
+    assert held != main.pid
+    os.kill(held, signal.SIGKILL)
     out, err = main.communicate(timeout=600)
     assert main.returncode == 0, err
     done, runs = _assert_complete(postgres_url, mlflow_server, study, 6)
