@@ -30,7 +30,7 @@ POINTS = {
     "report.compared": "the comparison's models are trained, its MLflow run not yet created",
     "report.model_logged": "one model of the comparison is logged",
     "report.registered": "a model version is registered, its alias not yet set",
-    "registry.step": "promotion moved one tag or alias of the registry, more to come",
+    "registry.step": "promotion moved one tag or alias of the registry",
 }
 
 _plan: dict[str, tuple[int, str]] | None = None

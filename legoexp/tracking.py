@@ -90,11 +90,11 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0, tags: dic
                              tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
 
-def log_history(run_id: str, history: dict[str, list[float]], first_step: int = 1) -> None:
-    """Series of metrics in one batch: step = epoch number (from 1), or e.g. the seed."""
+def log_history(run_id: str, history: dict[str, list[float]], steps=None) -> None:
+    """Series of metrics in one batch; the i-th value of each at ``steps[i]`` (default: epochs 1, 2, ...)."""
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(v), now, step)
-               for key, values in history.items() for step, v in enumerate(values, start=first_step)]
+    metrics = [Metric(key, float(v), now, step) for key, values in history.items()
+               for step, v in zip(steps or range(1, len(values) + 1), values)]
     MlflowClient().log_batch(run_id, metrics=metrics)
 
 
