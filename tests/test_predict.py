@@ -93,15 +93,15 @@ def test_an_npz_without_labels_prints_predictions_only(mlflow_env, model, test_s
 
 
 @pytest.mark.slow
-def test_the_labs_own_test_file_is_predicted_with_its_labels(mlflow_env, model, lab_dir):
+def test_a_lab_file_is_predicted_with_its_labels(mlflow_env, model, lab_format_dir):
     from legoexp.data.labfile import read_lab_file
 
-    images, labels = read_lab_file(lab_dir / "lego-simple-mx-test")
-    lines = _predict(mlflow_env, model, lab_dir / "lego-simple-mx-test")
+    path = lab_format_dir / "lego-simple-mx-test"
+    images, labels = read_lab_file(path)
+    lines = _predict(mlflow_env, model, path)
     classes, probabilities = _expected(model, images)
     truth = [CLASS_NAMES[i] for i in labels]
-    _check_lines(lines[:-1], [f"{lab_dir / 'lego-simple-mx-test'}[{i}]" for i in range(len(labels))],
-                 classes, probabilities, truth)
+    _check_lines(lines[:-1], [f"{path}[{i}]" for i in range(len(labels))], classes, probabilities, truth)
     assert lines[-1].startswith("accuracy ") and lines[-1].endswith(f"/{len(labels)})")
 
 
