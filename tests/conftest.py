@@ -26,6 +26,46 @@ def lab_dir() -> Path:
     return LAB_DATA
 
 
+def write_lab_file(path: Path, images, labels) -> None:
+    """Write uint8 images (N, 48, 48, 1) and labels (N,) as the lab's files are: MXNet's own pickle
+    of an ArrayDataset, protocol 3, with ``numpy.dtype`` reduced to ('u1', 0, 1) as the NumPy that
+    wrote the lab's files did (NumPy 1.23 writes False, True). The result is byte for byte a lab file."""
+    import copyreg
+    import pickle
+
+    import mxnet as mx
+    import numpy as np
+
+    dataset = mx.gluon.data.ArrayDataset(mx.nd.array(images, dtype=np.uint8), labels)
+    with open(path, "wb") as f:
+        pickler = pickle.Pickler(f, protocol=3)
+        pickler.dispatch_table = {**copyreg.dispatch_table,
+                                  type(labels.dtype): lambda d: (np.dtype, (d.str[1:], 0, 1), d.__reduce__()[2])}
+        pickler.dump(dataset)
+
+
+@pytest.fixture(scope="session")
+def generated_lab_dir(tmp_path_factory) -> Path:
+    """The generated set (``synthetic``) written as the lab's two pickles: every user's machine has it."""
+    import numpy as np
+
+    from legoexp.data import LAB_FILES, load_split, open_source
+
+    directory = tmp_path_factory.mktemp("generated-lab")
+    source = open_source("synthetic")
+    for split, name in LAB_FILES.items():
+        data = load_split(source, split)
+        write_lab_file(directory / name, data.images[..., None], data.labels.astype(np.uint8))
+    return directory
+
+
+@pytest.fixture(params=["generated", "lab"])
+def lab_format_dir(request) -> Path:
+    """A directory of lab pickles: the generated set written in the lab's format (always there),
+    and the lab's own files (skipped without them, a failure under CI=true)."""
+    return request.getfixturevalue("generated_lab_dir" if request.param == "generated" else "lab_dir")
+
+
 @pytest.fixture(scope="session")
 def tracking_uri(tmp_path_factory) -> str:
     """One temporary SQLite tracking store for the session (its migrations take ~2 s)."""
