@@ -102,3 +102,24 @@ def test_postgres_restarted_mid_sweep_then_a_rerun_completes_the_study(postgres,
         rerun = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
     _assert_complete(postgres_url, mlflow_server, study, 6)
+
+
+@pytest.mark.slow
+def test_identical_sweeps_started_together_on_a_fresh_database_share_one_study(postgres, mlflow_server, tmp_path):
+    """Pods of one Job: the same command, started at the same instant, on a database with no schema yet."""
+    study = f"pg-{uuid.uuid4().hex[:8]}"
+    url = postgres.create_database(study.replace("-", "_"))
+    command = _command(study, url, 5, "--epochs", "2", "--model-name", f"lego-{study}")
+    env = _env(mlflow_server, tmp_path)
+    procs = [subprocess.Popen([*command, *extra], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for extra in ([], [], ["--worker"])]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    done, runs = _assert_complete(url, mlflow_server, study, 5)
+    assert len({t.user_attrs["owner"] for t in done}) >= 2
+    assert [r.info.status for r in runs if r.data.tags["legoexp.kind"] == "sweep"] == ["FINISHED"]
+    assert [r.info.status for r in runs if r.data.tags["legoexp.kind"] == "comparison"] == ["FINISHED"]
+    versions = MlflowClient(tracking_uri=mlflow_server).search_model_versions(f"name = 'lego-{study}'")
+    assert sorted(v.tags["role"] for v in versions) == ["baseline", "best"]  # compared and registered once
+    assert sum("nothing left to do" in err for _, err in outputs) == 1  # the other main sweep
