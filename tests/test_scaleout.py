@@ -123,3 +123,30 @@ def test_identical_sweeps_started_together_on_a_fresh_database_share_one_study(p
     versions = MlflowClient(tracking_uri=mlflow_server).search_model_versions(f"name = 'lego-{study}'")
     assert sorted(v.tags["role"] for v in versions) == ["baseline", "best"]  # compared and registered once
     assert sum("nothing left to do" in err for _, err in outputs) == 1  # the other main sweep
+
+
+@pytest.mark.slow
+def test_a_tracking_store_that_fails_is_one_line_not_absent_and_changes_nothing(postgres, mlflow_server, tmp_path):
+    study = f"pg-{uuid.uuid4().hex[:8]}"
+    model = f"lego-{study}"
+    storage = f"journal:{tmp_path / 'optuna.journal'}"
+    command = _command(study, storage, 2, "--epochs", "2", "--model-name", model)
+    env = {**_env(mlflow_server, tmp_path), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    first = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = MlflowClient(tracking_uri=mlflow_server)
+    before = sorted((r.info.run_id, r.info.status) for r in _runs(mlflow_server, study))
+    aliases = client.get_registered_model(model).aliases
+    with postgres.stopped():  # the tracking server is up, its database is not: every call fails with a 5xx
+        again = subprocess.run(_command(study, storage, 3, "--epochs", "2", "--model-name", model), env=env,
+                               cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        looked_up = subprocess.run([sys.executable, "-c", f"from legoexp import registry; "
+                                    f"print(registry.alias_version({model!r}, 'baseline'))"],
+                                   env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2, again.stderr[-3000:]
+    last = again.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: the tracking store {mlflow_server} failed (") and "Traceback" not in again.stderr
+    assert last.endswith("rerun the same command to resume")
+    assert looked_up.returncode != 0 and "None" not in looked_up.stdout  # a failure, not "no such alias"
+    assert sorted((r.info.run_id, r.info.status) for r in _runs(mlflow_server, study)) == before
+    assert client.get_registered_model(model).aliases == aliases
