@@ -58,7 +58,7 @@ def read_run(ref: str):
                         "id or a run's name") from None
     kind = run.data.tags.get("legoexp.kind")
     if kind not in ("baseline", "trial"):
-        raise UserError(f"run {run_id} ({run.info.run_name}) is {'a ' + kind if kind else 'not a legoexp'} run; "
+        raise UserError(f"run {run.info.run_id} ({run.info.run_name}) is {'a ' + kind if kind else 'not a legoexp'} run; "
                         "expected a baseline run or a sweep's trial run")
     return run
 

@@ -12,7 +12,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import require, run_module
-from services import background_service, free_port
 
 TRIALS = 3
 
@@ -25,6 +24,8 @@ def _json(url: str):
 @pytest.mark.slow
 def test_optuna_dashboard_on_the_default_journal_shows_the_study_its_trials_and_their_mlflow_runs(
         mlflow_env, tracking_uri, tmp_path):
+    from services import background_service, free_port  # here: test modules load it as a plugin first
+
     dashboard = Path(sys.executable).parent / "optuna-dashboard"
     require(dashboard.is_file() or shutil.which("optuna-dashboard") is not None,
             "optuna-dashboard is not installed (pip install -e '.[test]')")

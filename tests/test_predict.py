@@ -255,10 +255,11 @@ def test_without_model_it_loads_the_champion_and_a_missing_store_is_refused_not_
 
 
 def test_a_model_without_a_champion_yet_is_refused_with_its_aliases_and_how_to_promote(mlflow_env, model, tmp_path):
-    from legoexp import registry
+    import mlflow
 
     name = f"lego-{uuid.uuid4().hex[:8]}"
-    registry.register(model[0], name, "challenger", {})  # what a sweep leaves when promote's gate refused
+    version = mlflow.register_model(model[0], name).version  # what a sweep leaves when promote's gate refused
+    MlflowClient().set_registered_model_alias(name, "challenger", version)
     images = _npz(tmp_path, images=np.zeros((1, 48, 48), np.uint8))
     proc = run_module("legoexp.predict", "--model", f"models:/{name}@champion", images, env=mlflow_env)
     _one_line_error(proc, "Registered model alias champion not found")
