@@ -96,11 +96,14 @@ def load_model(uri: str):
         from legoexp.tracking import check_store
 
         check_store()
+    from legoexp.rights import refusal
+
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as e:
         first = str(getattr(e, "message", e)).strip().splitlines()[0]
-        raise UserError(f"model {uri}: {first} (tracking store {mlflow.get_tracking_uri()})") from None
+        raise refusal(e, f"load model {uri}") or UserError(
+            f"model {uri}: {first} (tracking store {mlflow.get_tracking_uri()})") from None
 
 
 def predict(model, images: np.ndarray) -> np.ndarray:

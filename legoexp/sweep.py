@@ -95,9 +95,11 @@ def main(argv=None) -> int:
 
     import mlflow
 
-    from legoexp import report, tracking, workers
+    from legoexp import report, rights, tracking, workers
     from legoexp.search import Search
 
+    # the rights it needs on the tracking server: refused now, not when registering after the search
+    rights.check_sweep(cfg["experiment_name"], None if args.worker else cfg["model_name"])
     store_dir = tracking.store_directory()
     storage = studies.open_storage(cfg["storage"], store_dir, cfg["heartbeat"])  # a bad URL fails before anything is created
     tracking.use_experiment(cfg["experiment_name"])

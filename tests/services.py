@@ -3,9 +3,10 @@
 A test module asks for them with ``pytest_plugins = ["services"]`` and then uses the
 session-scoped fixtures ``postgres`` (the cluster: ``.url``, ``.stop()``, ``.start()``,
 ``with .stopped():``, ``.create_database(name)``), ``postgres_url`` (a SQLAlchemy URL of a
-database on it) and ``mlflow_server`` (the server's ``http://127.0.0.1:PORT`` URL; its backend
+database on it), ``mlflow_server`` (the server's ``http://127.0.0.1:PORT`` URL; its backend
 store is a second database on the same cluster, and it serves artifacts from a temporary
-directory).
+directory) and ``mlflow_auth_server`` (one with MLflow's basic-auth, on SQLite: ``.url``,
+``.admin_password``, ``.log``).
 ``pytest_plugins`` loads this module once per session, so every module shares one cluster and one
 server; importing the fixtures by name instead would start one of each per importing module.
 
@@ -17,9 +18,12 @@ driver skip the tests, and fail them under ``CI=true``.
 """
 
 import contextlib
+import dataclasses
 import glob
+import importlib.util
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -212,20 +216,23 @@ def _group_alive(group: int) -> bool:
 
 
 @contextlib.contextmanager
-def mlflow_tracking_server(backend_store_uri: str, workers: int = 1) -> Iterator[MlflowServer]:
-    """``mlflow server`` on a free port of 127.0.0.1 serving artifacts from a temporary directory;
-    ready when ``/health`` answers, stopped (all its processes) afterwards."""
+def mlflow_tracking_server(backend_store_uri: str, workers: int = 1, app_name: str | None = None,
+                           settings: dict[str, str] | None = None) -> Iterator[MlflowServer]:
+    """``mlflow server`` on a free port of 127.0.0.1 serving artifacts from a temporary directory (its
+    working directory); ready when ``/health`` answers, stopped (all its processes) afterwards.
+    ``app_name`` (``basic-auth``) and its ``settings`` (environment variables) as docs/scale-out.md
+    gives them."""
     root = Path(tempfile.mkdtemp(prefix="legoexp-mlflow-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = root / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | (settings or {})
     # no GenAI job runner: it starts 8 more processes (~0.8 GB) that tracking runs never use
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
                "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
                "--default-artifact-root", "mlflow-artifacts:/", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers)]
+               "--workers", str(workers), *(["--app-name", app_name] if app_name else [])]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    cwd=root, env=env, start_new_session=True)
@@ -291,3 +298,38 @@ def mlflow_server(postgres) -> Iterator[str]:
     """An ``mlflow server`` whose backend store is the database ``mlflow`` of ``postgres``."""
     with mlflow_tracking_server(postgres.create_database("mlflow")) as server:
         yield server.url
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthServer:
+    url: str
+    admin_password: str
+    log: Path
+
+
+# docs/scale-out.md's auth config, with its user store on SQLite in the server's working directory
+AUTH_CONFIG = """[mlflow]
+default_permission = NO_PERMISSIONS
+database_uri = sqlite:///basic_auth.db
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 60
+"""
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server(tmp_path_factory) -> Iterator[AuthServer]:
+    """An ``mlflow server --app-name basic-auth`` set up as docs/scale-out.md says, on a SQLite
+    backend store (it starts in seconds): no login, no answer (401); nothing granted, nothing
+    allowed; the admin ``admin`` with a random password (``.admin_password``), which like the secret
+    key reaches the server only through its environment."""
+    require(importlib.util.find_spec("flask_wtf") is not None,
+            "Flask-WTF, which MLflow's basic-auth app needs, is not installed (pip install -e .)")
+    config = tmp_path_factory.mktemp("auth") / "basic_auth.ini"
+    config.write_text(AUTH_CONFIG)
+    admin_password = secrets.token_urlsafe(18)
+    settings = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}
+    root = tmp_path_factory.mktemp("auth-store")
+    with mlflow_tracking_server(f"sqlite:///{root}/mlflow.db", app_name="basic-auth", settings=settings) as server:
+        yield AuthServer(server.url, admin_password, server.log)
