@@ -19,7 +19,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from legoexp.errors import AccessError, UserError
+from legoexp.errors import AccessError
 
 LEVELS = ("NO_PERMISSIONS", "READ", "USE", "EDIT", "MANAGE")  # MLflow's order, weakest first
 ROLES = {
@@ -122,19 +122,15 @@ def _experiment_id(name: str, hint: str) -> str | None:
 
 
 def check_sweep(experiment_name: str, model_name: str | None) -> None:
-    """Before a sweep creates anything: may its user log runs in the experiment, and (``model_name``
-    given: the main sweep, which registers its result after the search) register versions of the
-    model? A worker (``model_name`` None) also needs the experiment to exist already: creating it
-    would make the worker its owner."""
+    """Before a sweep creates anything: may its user log runs in the experiment (if it exists yet),
+    and (``model_name`` given: a main sweep, which may register the result after the search)
+    register versions of the model?"""
     if server() is None:
         return
     role = "sweep" if model_name else "worker"
     hint = _grant_hint(role, experiment_name, f"run the {role} as a user who has it")
     if "MLFLOW_RUN_ID" not in os.environ:  # else `mlflow run` made the run, in an experiment of its user's
         experiment_id = _experiment_id(experiment_name, hint)
-        if experiment_id is None and model_name is None:
-            raise UserError(f"there is no experiment {experiment_name!r} on {mlflow.get_tracking_uri()} yet: "
-                            "start the main `python -m legoexp.sweep` (without --worker) first")
         if experiment_id is not None:
             require("experiment", experiment_id, ROLES[role]["experiment"],
                     f"log runs in experiment {experiment_name!r}", hint)
