@@ -259,7 +259,7 @@ def test_no_password_is_in_any_output_param_tag_artifact_or_the_server_log(study
                                                                 dst_path=str(tmp_path / logged.model_id)))
         for version in client.search_model_versions(f"name='{MODEL}'"):
             texts += list(version.tags.values())
-    assert len(OUTPUTS) >= 10 and len(texts) > 100
+    assert len(OUTPUTS) >= 2 and len(texts) > 50  # run alone, it still sees the init and the sweep
     leaked = [text[:300] for text in texts if any(p in text for p in hidden)]
     assert not leaked
 
