@@ -304,3 +304,20 @@ def test_a_worker_without_a_main_sweep_is_told_to_start_it(mlflow_env):
     proc, name = _sweep(mlflow_env, "--worker", "--trials", "2", *TINY)
     assert proc.returncode == 2
     assert "has no parent run yet: start the main" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_journal_whose_last_record_was_torn_is_repaired_and_the_sweep_resumes(mlflow_env, tracking_uri):
+    proc, name = _sweep(mlflow_env, "--trials", "2", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    journal = _store_dir(tracking_uri) / "optuna.journal"
+    raw = journal.read_bytes()
+    last = raw.rstrip(b"\n").rfind(b"\n") + 1
+    torn = len(raw) - last - (len(raw) - last) // 2
+    journal.write_bytes(raw[:-torn])  # the last record cut in half, as a crash mid-write leaves it
+    proc, _ = _sweep(mlflow_env, "--trials", "3", *TINY, study=name)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{journal}: dropped its last record, {len(raw) - last - torn} bytes cut short" in proc.stderr
+    trials = _study(journal.parent, name).get_trials()  # Optuna reads every record again
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
+    assert journal.read_bytes().endswith(b"\n")
