@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 
-from legoexp.errors import ConfigError
+from legoexp.errors import ConfigError, UserError
 
 _ADVISORY_LOCK_KEY = 0x1E90E  # any constant: the advisory lock all legoexp processes agree on
 HEARTBEAT = 10  # seconds, sweep's default --heartbeat: the time scale of the connection settings below
@@ -65,6 +65,10 @@ def connect_args(url: str, heartbeat: int = HEARTBEAT) -> dict:
     return {k: v for k, v in client.items() if k not in parsed.query}
 
 
+class LockLost(UserError):
+    """The study's lock was taken from a holder that fell silent; what it did under it may have raced."""
+
+
 class StudyLock:
     """``with lock():`` holds the study-wide lock of ``url``. Blocks until it is free; a holder that
     dies releases it (the kernel drops its ``flock``; PostgreSQL ends its session)."""
@@ -106,12 +110,18 @@ class StudyLock:
                 raise ConfigError(f"storage={self.url!r}: cannot open it as an Optuna storage "
                                   f"({_first_line(e)})") from None
             raise
+        held = False
         try:
             yield
+            held = True
         finally:
             with contextlib.suppress(Exception):  # a session that broke off has released it already
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY})
-            conn.close()
+                held &= conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY}).scalar()
+            with contextlib.suppress(Exception):
+                conn.close()
+        if not held:  # the server ended the session (this host was silent too long): others may have held it
+            raise LockLost(f"storage={self.url!r}: this process lost the study's lock while it held it (its session "
+                           "to the database broke off); rerun the same command to resume")
 
 
 def open_storage(url: str, default_dir: Path, heartbeat: int = HEARTBEAT):
