@@ -97,12 +97,14 @@ def load_model(uri: str):
         from legoexp.tracking import check_store
 
         check_store()
+    from legoexp.rights import refusal
+
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as e:
         first = str(getattr(e, "message", e)).strip().splitlines()[0]
-        raise UserError(f"model {uri}: {first} (tracking store {mlflow.get_tracking_uri()})"
-                        f"{_alias_hint(uri)}") from None
+        raise refusal(e, f"load model {uri}") or UserError(
+            f"model {uri}: {first} (tracking store {mlflow.get_tracking_uri()}){_alias_hint(uri)}") from None
 
 
 def _alias_hint(uri: str) -> str:

@@ -45,21 +45,23 @@ def read_run(ref: str):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from legoexp.rights import refusal
     from legoexp.tracking import check_store
 
     check_store()
     client = MlflowClient()
+    missing = (f"run {ref}: not found in the tracking store {mlflow.get_tracking_uri()}; expected a run id or a "
+               "run's name")
     try:
         run = client.get_run(ref) if RUN_ID.fullmatch(ref) else _latest_named(client, ref)
-    except MlflowException:
-        run = None
+    except MlflowException as e:
+        raise refusal(e, f"read run {ref}") or UserError(missing) from None
     if run is None:
-        raise UserError(f"run {ref}: not found in the tracking store {mlflow.get_tracking_uri()}; expected a run "
-                        "id or a run's name") from None
+        raise UserError(missing)
     kind = run.data.tags.get("legoexp.kind")
     if kind not in ("baseline", "trial"):
-        raise UserError(f"run {run.info.run_id} ({run.info.run_name}) is {'a ' + kind if kind else 'not a legoexp'} run; "
-                        "expected a baseline run or a sweep's trial run")
+        raise UserError(f"run {run.info.run_id} ({run.info.run_name}) is "
+                        f"{'a ' + kind if kind else 'not a legoexp'} run; expected a baseline run or a sweep's trial run")
     return run
 
 

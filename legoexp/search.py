@@ -23,9 +23,9 @@ from optuna.trial import TrialState
 from legoexp import claims, cv, faults, progress, tracking, workers
 from legoexp import study as studies
 from legoexp.errors import ConfigError, UserError
+from legoexp.storage import LockLost
 from legoexp.train import Diverged, TrainConfig
 
-PARENT_WAIT_S = 300  # how long a --worker started with the main sweep waits for its parent run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # WilcoxonPruner and the matplotlib plots are marked experimental; the warnings say nothing to a user
@@ -108,14 +108,15 @@ class Search:
 
     def join(self, parent_id: str | None) -> None:
         """A worker: log trials under the study's parent run, which a main sweep creates; one started
-        at the same time as the main sweep waits for it (up to ``PARENT_WAIT_S``)."""
-        deadline, said = time.monotonic() + PARENT_WAIT_S, False
+        before the main sweep waits for it (up to ``--wait`` seconds)."""
+        wait = self.cfg["wait"]
+        deadline, said = time.monotonic() + wait, False
         while not (parent_id or self.study.user_attrs.get("mlflow_parent_run_id")):
             if time.monotonic() > deadline:
-                raise UserError(f"study {self.cfg['study_name']!r} has no parent run after {PARENT_WAIT_S} s: "
-                                "start the main `python -m legoexp.sweep` (without --worker) too")
+                raise UserError(f"study {self.cfg['study_name']!r} has no parent run after {wait} s: start the main "
+                                "`python -m legoexp.sweep` (without --worker) too")
             if not said:
-                print(f"waiting up to {PARENT_WAIT_S} s for a main sweep to create the parent run of study "
+                print(f"waiting up to {wait} s for a main sweep to create the parent run of study "
                       f"{self.cfg['study_name']!r}", file=sys.stderr)
                 said = True
             time.sleep(1)  # the study's user attributes are read from the storage each time
@@ -195,14 +196,21 @@ class Search:
     def _claim(self):
         """A new trial, unless finished + running trials already make the target; under the study's
         lock, so that processes sharing the study never start more trials than ``--trials`` asks for."""
-        with self.lock():
-            claims.fail_orphans(self.study, self.watch, self._kill_trial_run, claims_locked=True)
-            active = self.study.get_trials(deepcopy=False, states=studies.FINISHED + (TrialState.RUNNING,))
-            if len(active) >= self.cfg["trials"]:
-                return None
-            trial = self.study.ask()
-            trial.set_user_attr("owner", claims.OWNER)
-            return trial
+        trial = None
+        try:
+            with self.lock():
+                claims.fail_orphans(self.study, self.watch, self._kill_trial_run, claims_locked=True)
+                active = self.study.get_trials(deepcopy=False, states=studies.FINISHED + (TrialState.RUNNING,))
+                if len(active) < self.cfg["trials"]:
+                    trial = self.study.ask()
+                    trial.set_user_attr("owner", claims.OWNER)
+        except LockLost:  # cut off while claiming: another process may have claimed the same slot
+            if trial is not None:
+                with contextlib.suppress(Exception):
+                    trial.set_user_attr("fail_reason", "claimed while this process had lost the study's lock")
+                    self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            return self._claim()
+        return trial
 
     def _progress(self, shown: progress.Trials) -> None:
         shown.update(self.study.get_trials(deepcopy=False))
@@ -238,11 +246,14 @@ class Search:
             taken = True
         except BaseException as e:
             interrupted = isinstance(e, KeyboardInterrupt)
-            with contextlib.suppress(Exception):  # best effort: the store may be what failed
-                self._end_trial(run_id, accuracies, TrialState.FAIL, "interrupted" if interrupted else
-                                f"{type(e).__name__}: {e}", status="KILLED" if interrupted else "FAILED")
-                self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            raise
+            if not interrupted and self._taken(trial):  # e.g. a storage call cut off while the trial was failed
+                taken = True
+            else:
+                with contextlib.suppress(Exception):  # best effort: the store may be what failed
+                    self._end_trial(run_id, accuracies, TrialState.FAIL, "interrupted" if interrupted else
+                                    f"{type(e).__name__}: {e}", status="KILLED" if interrupted else "FAILED")
+                    self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                raise
         if taken:
             reason = "its trial was failed by another process while this one was silent; its result is dropped"
             self._end_trial(run_id, accuracies, TrialState.FAIL, reason, status="KILLED")
@@ -251,6 +262,13 @@ class Search:
         faults.point("trial.told")
         self._end_trial(run_id, accuracies, state, reason)
         return state
+
+    def _taken(self, trial) -> bool:
+        """True if another process has ended ``trial`` (the storage says so when it can be asked)."""
+        try:
+            return self.storage.get_trial(trial._trial_id).state != TrialState.RUNNING
+        except Exception:
+            return False
 
     def _score(self, trial: optuna.Trial, config: TrainConfig, accuracies: list[float]) -> None:
         """Cross-validate ``config``, appending each fold's accuracy and reporting it to the pruner."""

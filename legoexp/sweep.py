@@ -35,6 +35,7 @@ SETTINGS = {
     "search_space": Setting(str),
     "jobs": int_range(1, 256),
     "heartbeat": int_range(1, 3600),
+    "wait": int_range(0, 86_400),
 }
 HELP = {
     "trials": "finished (complete or pruned) trials the study must reach",
@@ -49,6 +50,7 @@ HELP = {
             "their folds in parallel)",
     "heartbeat": "seconds between a running trial's heartbeats; a trial silent for 3 heartbeats is failed "
                  "and redone by the others (default 10)",
+    "wait": "with --worker: seconds to wait for a main sweep to create the study's parent run (default 300)",
 }
 
 
@@ -98,15 +100,17 @@ def main(argv=None) -> int:
 
     import mlflow
 
-    from legoexp import faults, report, tracking, workers
+    from legoexp import faults, report, rights, tracking, workers
     from legoexp.search import Search
     from legoexp.storage import StudyLock, open_storage, storage_label
 
+    # the rights it needs on the tracking server: refused now, not when registering after the search
+    rights.check_sweep(cfg["experiment_name"], None if args.worker else cfg["model_name"])
     store_dir = tracking.store_directory()
-    lock = StudyLock(cfg["storage"], store_dir)
+    lock = StudyLock(cfg["storage"], store_dir, cfg["heartbeat"])
     # processes started at the same instant set up one at a time: one schema, study, experiment, parent run
     with lock(first=True):
-        storage = open_storage(cfg["storage"], store_dir)  # a bad URL fails before anything is created
+        storage = open_storage(cfg["storage"], store_dir, cfg["heartbeat"])  # a bad URL fails before anything is created
         tracking.use_experiment(cfg["experiment_name"])
         search = Search(cfg, space, baseline, source, train_split, storage,
                         storage_label=storage_label(cfg["storage"], store_dir), lock=lock)

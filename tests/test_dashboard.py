@@ -46,8 +46,8 @@ def test_optuna_dashboard_on_the_default_journal_shows_the_study_its_trials_and_
     port = free_port()
     command = [str(dashboard) if dashboard.is_file() else "optuna-dashboard", "optuna.journal",
                "--host", "127.0.0.1", "--port", str(port)]  # as the README says, in the store's folder
-    with background_service("optuna-dashboard", command, port, "/api/studies", tmp_path / "dashboard.log",
-                            cwd=journal.parent, env=os.environ.copy()) as service:
+    with background_service("optuna-dashboard", command, f"http://127.0.0.1:{port}", "/api/studies",
+                            tmp_path / "dashboard.log", cwd=journal.parent, env=os.environ.copy()) as service:
         summaries = _json(f"{service.url}/api/studies")["study_summaries"]
         [summary] = [s for s in summaries if s["study_name"] == name]
         assert summary["directions"] == ["maximize"]

@@ -71,7 +71,7 @@ def run_commands(commands_: list[str], cwd: Path, env: dict, timeout: float) -> 
     except subprocess.TimeoutExpired:
         pass
     finally:
-        Service("the README's commands", "", process, log).stop()
+        Service("", process, log, "the README's commands").stop()
     statuses = results.read_text().splitlines() if results.exists() else []
     return [(command, int(status), float(end) - float(start))
             for command, (status, start, end) in zip(commands_, (line.split() for line in statuses))]

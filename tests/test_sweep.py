@@ -300,10 +300,12 @@ def test_jobs_2_with_a_worker_killed_still_fills_the_study_exactly(mlflow_env, t
     assert [r.data.tags["fail_reason"] for r in runs if r.info.status == "KILLED"] == ["its process died"]
 
 
-def test_a_worker_without_a_main_sweep_is_told_to_start_it(mlflow_env):
-    proc, name = _sweep(mlflow_env, "--worker", "--trials", "2", *TINY)
+def test_a_worker_without_a_main_sweep_waits_for_it_then_is_told_to_start_it(mlflow_env):
+    proc, name = _sweep(mlflow_env, "--worker", "--wait", "2", "--trials", "2", *TINY)
     assert proc.returncode == 2
-    assert "has no parent run yet: start the main" in proc.stderr
+    assert "waiting up to 2 s for a main sweep to create the parent run" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: study {name!r} has no parent run after 2 s: start the "
+                                                    "main `python -m legoexp.sweep` (without --worker) too")
 
 
 @pytest.mark.slow
