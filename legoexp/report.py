@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 from optuna.trial import TrialState
 
-from legoexp import plots, registry, tracking
+from legoexp import plots, registry, timings, tracking
 from legoexp import study as studies
 from legoexp.compare import compare, summary_metrics
 from legoexp.evidence import seeds_text  # the format promotion reads back
@@ -57,7 +57,8 @@ def compare_and_register(search, test_split) -> None:
     print(f"comparing baseline and best (trial {best_trial.number}) over seeds {seeds} on the test split",
           file=sys.stderr)
     comparison = compare(search.baseline, best, seeds, search.train_split, test_split,
-                         progress=lambda line: print("  " + line, file=sys.stderr))
+                         progress=lambda line: print("  " + line, file=sys.stderr), fit=search.runner.fits)
+    timings.lap("comparison")
     result = comparison.result
     run = search.client.create_run(search.experiment_id, run_name="comparison",
                                  tags={"mlflow.parentRunId": search.parent_id, "legoexp.kind": "comparison",
@@ -73,6 +74,7 @@ def compare_and_register(search, test_split) -> None:
     print("\n" + result.as_table() + "\n" + result.verdict())
     _register(search, models, comparison, best_trial, run_id)
     search.client.set_tag(search.parent_id, "compared_trial", str(best_trial.number))
+    timings.lap("models")
 
 def _log_comparison(search, run_id, comparison, best_trial, test_split) -> dict:
     result, seeds = comparison.result, comparison.seeds

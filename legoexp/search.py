@@ -31,7 +31,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 class Search:
-    def __init__(self, cfg, space, baseline: TrainConfig, source, train_split, storage, storage_label):
+    def __init__(self, cfg, space, baseline: TrainConfig, source, train_split, storage, storage_label, runner):
         self.cfg, self.space, self.baseline = cfg, space, baseline
         self.source, self.train_split, self.storage = source, train_split, storage
         self.client = MlflowClient()
@@ -51,8 +51,7 @@ class Search:
             raise ConfigError(f"study {cfg['study_name']!r} was run with {changed}: rerun it with the same "
                               "settings, or start a new study with another --study-name")
         self.folds = cv.fold_indices(train_split.labels, cfg["folds"], cfg["seed"])
-        cores_each = max(1, len(os.sched_getaffinity(0)) // cfg["jobs"])
-        self.runner = cv.FoldRunner(train_split.images, train_split.labels, processes=min(cfg["folds"], cores_each))
+        self.runner = runner  # a cv.FoldRunner
         self.params = {"study_name": cfg["study_name"], "storage": storage_label, "folds": cfg["folds"],
                        "sampler": "TPESampler(multivariate, constant_liar, seed)",
                        "pruner": "WilcoxonPruner(p_threshold=0.1)", "search_space": str(space)}
@@ -209,6 +208,7 @@ class Search:
     def _objective(self, trial: optuna.Trial) -> float:
         point = studies.suggest(trial, self.space)
         config = TrainConfig(epochs=self.cfg["epochs"], seed=self.cfg["seed"], **point)
+        fold_results = self.runner.accuracies(config, self.folds)  # the workers start now, while we log
         run = self.client.create_run(
             self.experiment_id, run_name=f"trial-{trial.number:03d}",
             tags={"mlflow.parentRunId": self.parent_id, "legoexp.kind": "trial", "legoexp.study":
@@ -219,7 +219,7 @@ class Search:
                                      "trial_number": trial.number, "folds": self.cfg["folds"]})
         accuracies = []
         try:
-            with contextlib.closing(self.runner.accuracies(config, self.folds)) as fold_results:
+            with contextlib.closing(fold_results):
                 for k, accuracy in enumerate(fold_results):
                     accuracies.append(accuracy)
                     trial.report(accuracy, k)

@@ -93,16 +93,26 @@ def main(argv=None) -> int:
         raise ConfigError(f"folds={cfg['folds']}: the smallest class of {train_split.where} has only "
                           f"{smallest} images; expected folds <= {smallest}")
 
+    from legoexp import cv, timings
+
+    # started first: its workers load MXNet while this process loads MLflow and sets up
+    runner = cv.FoldRunner(train_split.images, train_split.labels, cv.worker_count(cfg["folds"], cfg["jobs"]))
+
     import mlflow
 
     from legoexp import report, tracking, workers
     from legoexp.search import Search
 
+    timings.lap("startup")
     store_dir = tracking.store_directory()
-    storage = studies.open_storage(cfg["storage"], store_dir, cfg["heartbeat"])  # a bad URL fails before anything is created
-    tracking.use_experiment(cfg["experiment_name"])
-    search = Search(cfg, space, baseline, source, train_split, storage,
-                    storage_label=studies.storage_label(cfg["storage"], store_dir))
+    try:
+        storage = studies.open_storage(cfg["storage"], store_dir, cfg["heartbeat"])  # a bad URL fails before anything is created
+        tracking.use_experiment(cfg["experiment_name"])
+        search = Search(cfg, space, baseline, source, train_split, storage,
+                        storage_label=studies.storage_label(cfg["storage"], store_dir), runner=runner)
+    except BaseException:
+        runner.close()
+        raise
     if args.worker:
         search.join(args.parent_run_id)
         if cfg["jobs"] > 1 and not args.spawned:  # N workers on this machine, none here
@@ -111,12 +121,16 @@ def main(argv=None) -> int:
             search.work()
         return 0
     with search.parent_run():
+        timings.lap("setup")
         search.run(cfg["jobs"], workers.worker_command(cfg, SETTINGS))
+        timings.lap("search")
         report.log_study(search)
+        timings.lap("figures")
         if report.needs_comparison(search):
             report.compare_and_register(search, load_split(source, "test"))  # the first read of the test split
         else:
             print("the best trial was already compared and registered; nothing left to do", file=sys.stderr)
+        tracking.log_metrics(search.parent_id, timings.metrics())  # where this run's seconds went
     print(f"done in {time.perf_counter() - started:.1f} s; see it: mlflow ui --backend-store-uri "
           f"{mlflow.get_tracking_uri()}  then open {search.parent_url}", file=sys.stderr)
     return 0
