@@ -150,6 +150,7 @@ def sweep_probe(argv: list[str]) -> None:
     calls (outermost only): the tracking API, the study, trials and pruner, storage, sampler, the
     study's plots and importances, legoexp's tracking, registry and plotting code, model export."""
     import functools
+    import threading
 
     from legoexp import timings
 
@@ -158,6 +159,8 @@ def sweep_probe(argv: list[str]) -> None:
     def timed(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            if threading.current_thread() is not threading.main_thread():  # heartbeats: beside the wall time
+                return fn(*args, **kwargs)
             depth[0] += 1
             t = time.perf_counter()
             try:
@@ -178,15 +181,17 @@ def sweep_probe(argv: list[str]) -> None:
         import mlflow
         import optuna
 
-        from legoexp import plots, registry, report, study, tracking
+        from legoexp import claims, evidence, plots, registry, report, storage, study, tracking
 
         patch(mlflow.MlflowClient)
         patch(mlflow, ["log_figure", "register_model", "start_run", "set_experiment", "log_input"])
         patch(mlflow.pyfunc, ["log_model"])
         for owner in (optuna.Study, optuna.Trial, optuna.storages.JournalStorage, optuna.storages.RDBStorage,
-                      optuna.samplers.TPESampler, optuna.pruners.WilcoxonPruner, tracking, registry, study, plots):
+                      optuna.samplers.TPESampler, optuna.pruners.WilcoxonPruner, tracking, registry, study, plots,
+                      claims, storage):
             patch(owner)
         patch(report, ["log_study"])  # not compare_and_register: it trains
+        patch(evidence, ["log_comparison", "read_comparison"])
 
     lap = timings.lap
 

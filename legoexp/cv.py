@@ -94,6 +94,9 @@ def _die_with(parent: int) -> None:
 
 
 def _worker_fold(config, fit_idx, val_idx) -> float:
+    from legoexp import faults
+
+    faults.point("fold.train")
     return fold_accuracy(config, *_split, fit_idx, val_idx)
 
 
@@ -123,6 +126,37 @@ def worker_count(folds: int, jobs: int) -> int:
     return min(folds, max(1, len(os.sched_getaffinity(0)) // jobs))
 
 
+def _folds_dir_prefix() -> str:
+    """This process's prefix for its folds directory, after removing those of owners that are gone.
+
+    A sweep killed with ``kill -9`` cannot remove its directory. The name holds the owner's pid and
+    its start time (/proc/PID/stat field 22; a reused pid has another), so a directory goes only
+    once its owner is proven gone; one named before owners were recorded goes when a day old."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    def started(pid) -> str | None:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rpartition(")")[2].split()[19]  # the fields after the name start at 3
+        except (OSError, IndexError):
+            return None
+
+    mine = started(os.getpid())
+    if mine is None:  # no /proc (not Linux): no owner can be proven gone
+        return "legoexp-folds-"
+    for path in Path(tempfile.gettempdir()).glob("legoexp-folds-*"):
+        owner = re.fullmatch(r"legoexp-folds-(\d+)-(\d+)-.+", path.name)
+        try:
+            gone = started(owner[1]) != owner[2] if owner else time.time() - path.stat().st_mtime > 86400
+        except OSError:  # removed meanwhile by another sweep starting
+            continue
+        if gone:
+            shutil.rmtree(path, ignore_errors=True)
+    return f"legoexp-folds-{os.getpid()}-{mine}-"
+
+
 class FoldRunner:
     """Runs the folds of trials; ``processes`` <= 1 runs them here, in order."""
 
@@ -132,7 +166,7 @@ class FoldRunner:
         if processes > 1:
             # The split goes to the workers as a file: a spawned worker killed before it had read a
             # large start-up message would leave this process blocked writing it, for ever.
-            self._files = tempfile.TemporaryDirectory(prefix="legoexp-folds-")
+            self._files = tempfile.TemporaryDirectory(prefix=_folds_dir_prefix())
             path = os.path.join(self._files.name, "split.npz")
             np.savez(path, images=images, labels=labels)
             # spawn: MXNet's engine threads do not survive a fork

@@ -1,9 +1,12 @@
-"""The evidence promotion rests on: a paired multi-seed comparison of two registered versions.
+"""Comparison runs, the evidence behind registration and promotion: logged one way, read back one way.
 
-``find_evidence`` looks for a finished ``comparison`` run of exactly the two versions'
-configurations on their data digest with the same seeds (a sweep's own, or an earlier
-promotion's) and recomputes its result from the per-seed test accuracies; ``run_comparison``
-trains both with the sweep's code when there is none, and logs it. Neither touches the registry.
+A ``comparison`` run holds two configurations ("arms": baseline/best after a sweep,
+champion/candidate for a promotion) trained with the same seeds and tested once:
+``log_comparison`` writes it (the sweep's and promotion's alike), ``read_comparison`` gives its
+seeds and arms back from params and per-seed metrics. ``find_evidence`` looks for a finished
+run of exactly two versions' configurations on their data digest with the same seeds;
+``run_comparison`` trains both with the sweep's code when there is none. Nothing here touches
+the registry.
 """
 
 import itertools
@@ -50,22 +53,77 @@ def find_evidence(client, champion: Version, candidate: Version, seeds: list[int
                               f"and params.data_digest = '{candidate.tags['data_digest']}'",
                               order_by=["attributes.start_time DESC"])
     for run in runs:
-        params = run.data.params
-        if sorted(params.get("seeds", "").split(",")) != sorted(map(str, seeds)):
+        found = read_comparison(client, run)
+        if found is None or sorted(found[0]) != sorted(seeds):
             continue
-        arms = {key[:-len("_hidden1")]: config_of(params, key[:-len("hidden1")]) for key in params
-                if key.endswith("_hidden1")}  # baseline/best in a sweep's comparison, champion/candidate here
+        arms = found[1]  # baseline/best in a sweep's comparison, champion/candidate in a promotion's
         for a, b in itertools.permutations(arms, 2):
-            if (arms[a], arms[b]) == (champion.config, candidate.config):
-                scores = [_per_seed(client, run.info.run_id, arm, seeds) for arm in (a, b)]
-                if None not in scores:
-                    return run.info.run_id, paired_comparison(*scores)
+            if (_config(arms[a]), _config(arms[b])) == (champion.config, candidate.config):
+                return run.info.run_id, paired_comparison(arms[a].accuracies, arms[b].accuracies)
     return None
 
 
-def _per_seed(client, run_id: str, arm: str, seeds: list[int]) -> list[float] | None:
-    history = {m.step: m.value for m in client.get_metric_history(run_id, f"{arm}_test_accuracy")}
-    return [history[s] for s in seeds] if set(history) == set(seeds) else None
+def _config(arm) -> tuple:
+    return tuple(getattr(arm.config, key) for key in CONFIG_KEYS)
+
+
+def read_comparison(client, run):
+    """``(seeds, {arm name: compare.Arm})`` of a comparison run (arms without their nets), or None
+    if it lacks a config or a seed's accuracy."""
+    from legoexp.compare import Arm
+    from legoexp.train import TrainConfig
+
+    params = run.data.params
+    try:
+        seeds = [int(s) for s in params.get("seeds", "").split(",")]
+    except ValueError:
+        return None
+    arms = {}
+    for key in params:
+        if key.endswith("_hidden1"):
+            name = key[:-len("_hidden1")]
+            config = config_of(params, f"{name}_")
+            history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"{name}_test_accuracy")}
+            if config is None or set(history) != set(seeds):
+                return None
+            arms[name] = Arm(name, TrainConfig(**dict(zip(CONFIG_KEYS, config))), [history[s] for s in seeds], [])
+    return seeds, arms
+
+
+def log_comparison(client, experiment_id: str, run_name: str, tags: dict, arms, seeds: list[int], result,
+                   params: dict, input_example=None) -> str:
+    """Log a comparison of two ``compare.Arm`` s as a ``comparison`` run and return its id: params
+    ``seeds``, each arm's config as ``<arm>_<key>`` and ``params``; per-seed ``<arm>_test_accuracy``
+    (step = seed); the summary metrics; plots/seed_comparison.png; with ``input_example``, each arm's
+    median-seed model, its URI in tag ``<arm>_model_uri``. The run ends FINISHED once all is logged,
+    else FAILED (KILLED when interrupted)."""
+    import mlflow
+
+    from legoexp import faults, plots, tracking
+    from legoexp.compare import summary_metrics
+
+    a, b = arms
+    run_id = client.create_run(experiment_id, run_name=run_name, tags={
+        "legoexp.kind": "comparison", "test": result.test, "verdict": result.verdict(a.name, b.name), **tags}).info.run_id
+    try:
+        for arm in arms:
+            params = params | {f"{arm.name}_{k}": v for k, v in arm.config.as_params().items() if k != "seed"}
+        tracking.log_params(run_id, {"seeds": seeds_text(seeds), **params})
+        tracking.log_metrics(run_id, summary_metrics(result, a.name, b.name))
+        tracking.log_history(run_id, {f"{arm.name}_test_accuracy": arm.accuracies for arm in arms}, steps=seeds)
+        with mlflow.start_run(run_id=run_id):
+            tracking.log_figures({"seed_comparison": plots.seed_comparison(
+                a.accuracies, b.accuracies, a.name, b.name, result=result)})
+            for arm in arms if input_example is not None else ():
+                info = tracking.log_model(arm.nets[arm.median_index], input_example=input_example,
+                                          name=f"{arm.name}-model")
+                client.set_tag(run_id, f"{arm.name}_model_uri", info.model_uri)
+                faults.point("report.model_logged")
+    except BaseException as e:
+        client.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
 def run_comparison(client, name: str, champion: Version, candidate: Version, seeds: list[int], args,
@@ -85,10 +143,7 @@ def run_comparison(client, name: str, champion: Version, candidate: Version, see
     if train_split.digest != candidate.tags["data_digest"]:
         raise DataError(f"data={spec!r}: its training split has digest {train_split.digest}, but the versions "
                         f"were trained on data_digest {candidate.tags['data_digest']}; pass --data with that data")
-    import mlflow
-
-    from legoexp import plots, tracking
-    from legoexp.compare import run_arm, summary_metrics
+    from legoexp.compare import run_arm
     from legoexp.stats import paired_comparison
     from legoexp.train import TrainConfig
 
@@ -104,24 +159,8 @@ def run_comparison(client, name: str, champion: Version, candidate: Version, see
     else:  # not mlflow.set_experiment: no process-wide state changes behind a caller's back
         experiment = client.get_experiment_by_name(args.experiment_name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(args.experiment_name)
-    tags = {"legoexp.kind": "comparison", "model_name": name, "candidate_version": candidate.number,
-            "champion_version": champion.number, "champion_alias": champion.role, "test": result.test,
-            "verdict": result.verdict("champion", "candidate")} | ({"mlflow.parentRunId": launched} if launched else {})
-    run_id = client.create_run(experiment_id, run_name=f"comparison-v{candidate.number}-vs-v{champion.number}",
-                               tags=tags).info.run_id
-    try:
-        params = {"seeds": seeds_text(seeds), "data_digest": train_split.digest, "test_digest": test_split.digest}
-        for arm in arms:
-            params |= {f"{arm.name}_{k}": v for k, v in arm.config.as_params().items() if k != "seed"}
-        tracking.log_params(run_id, params)
-        tracking.log_metrics(run_id, summary_metrics(result, "champion", "candidate"))
-        for i, seed in enumerate(seeds):  # step = the seed itself, whatever the seeds are
-            tracking.log_metrics(run_id, {f"{arm.name}_test_accuracy": arm.accuracies[i] for arm in arms}, step=seed)
-        with mlflow.start_run(run_id=run_id):
-            tracking.log_figures({"seed_comparison": plots.seed_comparison(
-                arms[0].accuracies, arms[1].accuracies, "champion", "candidate", result=result)})
-    except BaseException as e:
-        client.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
+    tags = {"model_name": name, "candidate_version": candidate.number, "champion_version": champion.number,
+            "champion_alias": champion.role} | ({"mlflow.parentRunId": launched} if launched else {})
+    run_id = log_comparison(client, experiment_id, f"comparison-v{candidate.number}-vs-v{champion.number}", tags,
+                            arms, seeds, result, {"data_digest": train_split.digest, "test_digest": test_split.digest})
     return run_id, result

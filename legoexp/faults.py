@@ -10,8 +10,10 @@ environment of the command it runs. The N-th time (default the first) a process 
 - ``stop``: SIGSTOP itself; the test sees it stopped (``/proc/PID/stat`` state ``T``) at that
   exact step and does what it likes with it (kill it, cut its network, let it go on with SIGCONT).
 
-Before acting it prints ``fault point NAME#N: ACTION`` on stderr. Without the variable
-``point`` does nothing but one dictionary lookup. The names in use are listed in ``POINTS``.
+Before acting it prints ``fault point NAME#N: ACTION`` on stderr. With ``LEGOEXP_FAULTS_ONCE``
+set to a path, only the first process of all those that inherited the variables acts (``--jobs``
+workers, fold processes): it creates that file, holding its pid; the others go on. Without the
+variables ``point`` does nothing but one dictionary lookup. The names in use are listed in ``POINTS``.
 """
 
 import os
@@ -28,7 +30,7 @@ POINTS = {
     "report.compared": "the comparison's models are trained, its MLflow run not yet created",
     "report.model_logged": "one model of the comparison is logged",
     "report.registered": "a model version is registered, its alias not yet set",
-    "registry.step": "promotion moved one tag or alias of the registry, more to come",
+    "registry.step": "promotion moved one tag or alias of the registry",
 }
 
 _plan: dict[str, tuple[int, str]] | None = None
@@ -47,6 +49,19 @@ def _parse(text: str) -> dict[str, tuple[int, str]]:
     return plan
 
 
+def _first_to_act() -> bool:
+    once = os.environ.get("LEGOEXP_FAULTS_ONCE")
+    if not once:
+        return True
+    try:
+        fd = os.open(once, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
 def point(name: str) -> None:
     """Pass the fault point ``name``: nothing happens unless ``LEGOEXP_FAULTS`` asks for it."""
     global _plan
@@ -56,7 +71,7 @@ def point(name: str) -> None:
         return
     _seen[name] = _seen.get(name, 0) + 1
     count, action = _plan[name]
-    if _seen[name] != count:
+    if _seen[name] != count or not _first_to_act():
         return
     print(f"fault point {name}#{count}: {action}", file=sys.stderr, flush=True)
     if action == "stop":

@@ -12,6 +12,7 @@ flattened images, out-of-range labels).
 from __future__ import annotations
 
 import math
+import os
 from os import PathLike
 from pathlib import Path
 
@@ -193,10 +194,18 @@ def confusion_matrix(actual: np.ndarray, predicted: np.ndarray) -> Figure:
 
 
 def save(fig: Figure, path: str | PathLike) -> Path:
-    """Write ``fig`` as a PNG (creating parent folders) and return the path."""
+    """Write ``fig`` as a PNG (creating parent folders) and return the path. The PNG is written
+    beside it under a hidden temporary name and renamed into place: a process killed or a disk
+    filled mid-write never leaves a half-written PNG under the name someone would open."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "wb") as f:
+            fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 

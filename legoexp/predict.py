@@ -12,6 +12,7 @@ are known. ``--plot DIR`` draws the lab's single-prediction chart and 16-image g
 
 import argparse
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -96,11 +97,14 @@ def load_model(uri: str):
         from legoexp.tracking import check_store
 
         check_store()
+    from legoexp.rights import refusal
+
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as e:
         first = str(getattr(e, "message", e)).strip().splitlines()[0]
-        raise UserError(f"model {uri}: {first} (tracking store {mlflow.get_tracking_uri()})") from None
+        raise refusal(e, f"load model {uri}") or UserError(
+            f"model {uri}: {first} (tracking store {mlflow.get_tracking_uri()})") from None
 
 
 def predict(model, images: np.ndarray) -> np.ndarray:
@@ -152,11 +156,26 @@ def plot(directory: Path, images: np.ndarray, probabilities: np.ndarray, labels:
             plots.save(grid, directory / "batch_prediction.png")]
 
 
+def check_plot_dir(directory: Path) -> None:
+    """Refuse a ``--plot`` DIR that cannot be created or written in, before anything is predicted."""
+    expected = "expected a directory to write the plots in, or a path where one can be created"
+    existing = directory
+    while not os.path.lexists(existing):  # ends at "." or "/" at the latest
+        existing = existing.parent
+    if not existing.is_dir():
+        why = "is not a directory" if existing == directory else f"cannot be created, {existing} is not a directory"
+        raise UserError(f"--plot {directory}: {why}; {expected}")
+    try:  # only a real write tells: permissions, read-only mounts, immutable directories, root
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        raise UserError(f"--plot {directory}: cannot write in {existing} ({e.strerror}); {expected}") from None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.plot:
+        check_plot_dir(Path(args.plot))
     images, labels, names = read_inputs(args.inputs, args.invert)
-    if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
-        raise UserError(f"--plot {args.plot}: exists and is not a directory")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     probabilities = predict(load_model(args.model), images)
     report(names, probabilities, labels)

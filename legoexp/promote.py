@@ -183,9 +183,10 @@ def main(argv=None) -> int:
     launched = os.environ.get("MLFLOW_RUN_ID")  # read now: mlflow.end_run() deletes it
     from mlflow.tracking import MlflowClient
 
-    from legoexp import registry
+    from legoexp import registry, rights
 
     name = args.model_name
+    rights.check_promote(name)
     aliases = registry.model_aliases(name)
     if aliases is None:
         raise UserError(f"there is no registered model {name!r}; run python -m legoexp.sweep first, "
@@ -204,6 +205,8 @@ def main(argv=None) -> int:
           + ("" if champion.role == "champion" else " (there is no @champion yet)"))
     evidence = find_evidence(client, champion, candidate, seeds)
     if evidence is None:
+        if not launched:
+            rights.check_comparison(args.experiment_name)  # before training both
         evidence = run_comparison(client, name, champion, candidate, seeds, args, launched)
         print(f"evidence: new comparison run {evidence[0]}")
     else:

@@ -10,23 +10,33 @@ behind it; :func:`apply` changes tags and aliases together, undoing itself if a 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from legoexp import faults
+
 
 def alias_version(name: str, alias: str) -> str | None:
-    """The version holding ``alias`` of registered model ``name``, or None."""
-    try:
-        return MlflowClient().get_model_version_by_alias(name, alias).version
-    except MlflowException:
-        return None
+    """The version holding ``alias`` of registered model ``name``, or None (no such model or alias);
+    a registry that fails raises."""
+    return (model_aliases(name) or {}).get(alias)
 
 
-def register(model_uri: str, name: str, alias: str, tags: dict) -> str:
-    """Register ``model_uri`` as a new version of ``name``, tag it, point ``alias`` at it."""
+def find_version(name: str, key: dict) -> str | None:
+    """The version of ``name`` whose tags include all of ``key``, or None."""
+    where = " and ".join([f"name = '{name}'"] + [f"tags.{k} = '{v}'" for k, v in key.items()])
+    found = MlflowClient().search_model_versions(where)
+    return str(found[0].version) if found else None
+
+
+def register_once(model_uri: str, name: str, alias: str, tags: dict, key: dict) -> str:
+    """Point ``alias`` of ``name`` at the version tagged with ``key``: one an interrupted earlier
+    attempt registered, or a new one from ``model_uri`` with ``tags`` (which include ``key``)."""
     import mlflow
 
-    client = MlflowClient()
-    version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()}).version
-    client.set_registered_model_alias(name, alias, version)
-    return version
+    version = find_version(name, key)
+    if version is None:
+        version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()}).version
+        faults.point("report.registered")
+    MlflowClient().set_registered_model_alias(name, alias, version)
+    return str(version)
 
 
 def model_aliases(name: str) -> dict[str, str] | None:
@@ -69,10 +79,12 @@ def apply(name: str, tags: dict[str, dict], aliases: dict[str, str]) -> None:
                 undo.append((client.set_model_version_tag, (name, version, key, old[key])) if key in old else
                             (client.delete_model_version_tag, (name, version, key)))
                 client.set_model_version_tag(name, version, key, str(value))
+                faults.point("registry.step")
         for alias, version in aliases.items():
             undo.append((client.set_registered_model_alias, (name, alias, before[alias])) if alias in before else
                         (client.delete_registered_model_alias, (name, alias)))
             client.set_registered_model_alias(name, alias, version)
+            faults.point("registry.step")
     except BaseException as e:
         for step, args in reversed(undo):
             try:

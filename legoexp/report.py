@@ -11,10 +11,11 @@ import mlflow
 import numpy as np
 from optuna.trial import TrialState
 
-from legoexp import plots, registry, timings, tracking
+from legoexp import faults, plots, registry, timings, tracking
 from legoexp import study as studies
-from legoexp.compare import compare, summary_metrics
-from legoexp.evidence import seeds_text  # the format promotion reads back
+from legoexp.compare import compare
+from legoexp.evidence import log_comparison, read_comparison, seeds_text
+from legoexp.stats import paired_comparison
 from legoexp.train import TrainConfig
 
 
@@ -41,6 +42,7 @@ def log_study(search) -> None:
             print(f"skipped plot {name}: {e}", file=sys.stderr)
             continue
         figures[name] = np.ravel(axes)[0].figure
+    faults.point("report.figures")
     with mlflow.start_run(run_id=search.parent_id):
         tracking.log_figures(figures)
     plt.close("all")
@@ -51,68 +53,78 @@ def needs_comparison(search) -> bool:
     return done != str(search.study.best_trial.number)
 
 def compare_and_register(search, test_split) -> None:
+    """Compare the best trial's configuration with the baseline over the seeds, log it as the study's
+    ``comparison`` run, register both models. Call it holding the study's lock: a rerun after a
+    kill at any step reuses what was done (a finished comparison run, versions registered from
+    it) and does the rest, so nothing is trained, logged or registered twice."""
     best_trial = search.study.best_trial
-    best = TrainConfig(epochs=search.cfg["epochs"], seed=search.cfg["seed"], **best_trial.params)
     seeds = list(range(search.cfg["seed"], search.cfg["seed"] + search.cfg["seeds"]))
-    print(f"comparing baseline and best (trial {best_trial.number}) over seeds {seeds} on the test split",
-          file=sys.stderr)
-    comparison = compare(search.baseline, best, seeds, search.train_split, test_split,
-                         progress=lambda line: print("  " + line, file=sys.stderr), fit=search.runner.fits)
-    timings.lap("comparison")
-    result = comparison.result
-    run = search.client.create_run(search.experiment_id, run_name="comparison",
-                                 tags={"mlflow.parentRunId": search.parent_id, "legoexp.kind": "comparison",
-                                       "legoexp.study": search.cfg["study_name"], "test": result.test,
-                                       "verdict": result.verdict()})
-    run_id = run.info.run_id
-    try:
-        models = _log_comparison(search, run_id, comparison, best_trial, test_split)
-    except BaseException as e:
-        search.client.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise
-    search.client.set_terminated(run_id, "FINISHED")
+    run = _finished_comparison(search, best_trial, seeds)
+    if run is None:
+        _end_abandoned_comparisons(search)
+        best = TrainConfig(epochs=search.cfg["epochs"], seed=search.cfg["seed"], **best_trial.params)
+        print(f"comparing baseline and best (trial {best_trial.number}) over seeds {seeds} on the test split",
+              file=sys.stderr)
+        comparison = compare(search.baseline, best, seeds, search.train_split, test_split,
+                             progress=lambda line: print("  " + line, file=sys.stderr), fit=search.runner.fits)
+        timings.lap("comparison")
+        faults.point("report.compared")
+        tags = {"mlflow.parentRunId": search.parent_id, "legoexp.study": search.cfg["study_name"]}
+        params = {"best_trial": best_trial.number, "data_digest": search.train_split.digest,
+                  "test_digest": test_split.digest}
+        run_id = log_comparison(search.client, search.experiment_id, "comparison", tags,
+                                (comparison.baseline, comparison.best), seeds, comparison.result, params,
+                                input_example=test_split.images[:2])
+        run = search.client.get_run(run_id)
+    seeds, arms = read_comparison(search.client, run)
+    result = paired_comparison(arms["baseline"].accuracies, arms["best"].accuracies)
     print("\n" + result.as_table() + "\n" + result.verdict())
-    _register(search, models, comparison, best_trial, run_id)
+    _register(search, run, arms, seeds, result, best_trial)
     search.client.set_tag(search.parent_id, "compared_trial", str(best_trial.number))
     timings.lap("models")
 
-def _log_comparison(search, run_id, comparison, best_trial, test_split) -> dict:
-    result, seeds = comparison.result, comparison.seeds
-    params = {"seeds": seeds_text(seeds), "best_trial": best_trial.number,
-              "data_digest": search.train_split.digest, "test_digest": test_split.digest}
-    for arm in (comparison.baseline, comparison.best):
-        params |= {f"{arm.name}_{k}": v for k, v in arm.config.as_params().items() if k != "seed"}
-    tracking.log_params(run_id, params)
-    tracking.log_metrics(run_id, summary_metrics(result))
-    tracking.log_history(run_id, {f"{arm.name}_test_accuracy": arm.accuracies
-                                  for arm in (comparison.baseline, comparison.best)}, first_step=seeds[0])
-    with mlflow.start_run(run_id=run_id):
-        tracking.log_figures({"seed_comparison": plots.seed_comparison(
-            comparison.baseline.accuracies, comparison.best.accuracies, result=result)})
-        models = {arm.name: tracking.log_model(arm.nets[arm.median_index], input_example=test_split.images[:2],
-                                               name=f"{arm.name}-model")
-                  for arm in (comparison.baseline, comparison.best)}
-    return models
 
-def _register(search, models, comparison, best_trial, run_id) -> None:
-    result = comparison.result
+def _study_comparisons(search, where: str) -> list:
+    return search.client.search_runs([search.experiment_id], f"tags.`legoexp.study` = '{search.cfg['study_name']}' "
+                                     f"and tags.`legoexp.kind` = 'comparison' and {where}")
+
+
+def _finished_comparison(search, best_trial, seeds):
+    """This study's finished comparison of ``best_trial`` over ``seeds`` with both models logged, or None."""
+    for run in _study_comparisons(search, f"attributes.status = 'FINISHED' and params.best_trial = "
+                                          f"'{best_trial.number}' and params.seeds = '{seeds_text(seeds)}'"):
+        if {"baseline_model_uri", "best_model_uri"} <= set(run.data.tags):
+            return run
+    return None
+
+
+def _end_abandoned_comparisons(search) -> None:
+    """Comparisons are logged holding the study's lock, which we hold: a RUNNING one is a dead process's."""
+    for run in _study_comparisons(search, "attributes.status = 'RUNNING'"):
+        search.client.set_terminated(run.info.run_id, "KILLED")
+
+
+def _register(search, run, arms, seeds, result, best_trial) -> None:
     name = search.cfg["model_name"]
-    common = {"comparison_run_id": run_id, "study_name": search.cfg["study_name"]}
-    for arm, alias in ((comparison.best, "challenger"), (comparison.baseline, "baseline")):
-        if alias == "baseline" and registry.alias_version(name, "baseline") is not None:
-            continue
-        lo, hi = result.ci_b if arm is comparison.best else result.ci_a
-        value = best_trial.value if arm is comparison.best else _baseline_value(search)
+    common = {"comparison_run_id": run.info.run_id, "study_name": search.cfg["study_name"]}
+    for role, alias in (("best", "challenger"), ("baseline", "baseline")):
+        arm = arms[role]
+        key = {"comparison_run_id": run.info.run_id, "role": role}
+        if alias == "baseline" and registry.alias_version(name, "baseline") is not None \
+                and registry.find_version(name, key) is None:
+            continue  # a baseline is registered once, by the first sweep
+        lo, hi = result.ci_b if role == "best" else result.ci_a
+        value = best_trial.value if role == "best" else _baseline_value(search)
         # the version's training config and data, so promotion can retrain it with other seeds
         config = {k: v for k, v in arm.config.as_params().items() if k != "seed"}
-        tags = {**common, **config, "data": search.cfg["data"], "data_source": search.source.uri,
+        tags = {**common, **key, **config, "data": search.cfg["data"], "data_source": search.source.uri,
                 "data_digest": search.train_split.digest, "test_accuracy_mean": np.mean(arm.accuracies),
-                "test_accuracy_ci": f"{lo:.4f}..{hi:.4f}", "seed": comparison.seeds[arm.median_index],
-                "seeds": seeds_text(comparison.seeds)}
+                "test_accuracy_ci": f"{lo:.4f}..{hi:.4f}", "seed": seeds[arm.median_index], "seeds": seeds_text(seeds)}
         if value is not None:
             tags["val_accuracy"] = value
-        version = registry.register(models[arm.name].model_uri, name, alias, tags)
+        version = registry.register_once(run.data.tags[f"{role}_model_uri"], name, alias, tags, key)
         print(f"registered {name} version {version} as @{alias}")
+
 
 def _baseline_value(search) -> float | None:
     """val_accuracy of the study's baseline trial; None if it was pruned or failed."""

@@ -40,13 +40,15 @@ def read_run(run_id: str):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from legoexp.rights import refusal
     from legoexp.tracking import check_store
 
     check_store()
     try:
         run = MlflowClient().get_run(run_id)
-    except MlflowException:
-        raise UserError(f"run {run_id}: not found in the tracking store {mlflow.get_tracking_uri()}") from None
+    except MlflowException as e:
+        raise refusal(e, f"read run {run_id}") or UserError(
+            f"run {run_id}: not found in the tracking store {mlflow.get_tracking_uri()}") from None
     kind = run.data.tags.get("legoexp.kind")
     if kind not in ("baseline", "trial"):
         raise UserError(f"run {run_id} ({run.info.run_name}) is {'a ' + kind if kind else 'not a legoexp'} run; "

@@ -17,13 +17,16 @@ import mlflow
 import numpy as np
 import optuna
 from mlflow.tracking import MlflowClient
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from legoexp import cv, tracking, workers
+from legoexp import claims, cv, faults, tracking, workers
 from legoexp import study as studies
 from legoexp.errors import ConfigError, UserError
+from legoexp.storage import LockLost
 from legoexp.train import Diverged, TrainConfig
+
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # WilcoxonPruner and the matplotlib plots are marked experimental; the warnings say nothing to a user
@@ -31,9 +34,11 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 class Search:
-    def __init__(self, cfg, space, baseline: TrainConfig, source, train_split, storage, storage_label, runner):
+    def __init__(self, cfg, space, baseline: TrainConfig, source, train_split, storage, storage_label, lock, runner):
+        """Load or create the study; call it holding ``lock``, the study's lock (``storage.StudyLock``)."""
         self.cfg, self.space, self.baseline = cfg, space, baseline
-        self.source, self.train_split, self.storage = source, train_split, storage
+        self.source, self.train_split, self.storage, self.lock = source, train_split, storage, lock
+        self.watch = claims.Watch(cfg["heartbeat"])
         self.client = MlflowClient()
         launched = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run` made a run: it becomes the parent
         self.launched_run = launched
@@ -57,28 +62,34 @@ class Search:
                        "pruner": "WilcoxonPruner(p_threshold=0.1)", "search_space": str(space)}
 
     # -- the parent run ------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def parent_run(self):
+    def open_parent(self) -> None:
+        """Find the study's parent run, or create it; call it holding the study's lock, so that
+        sweeps started at the same instant make one parent between them."""
         run_id = self.study.user_attrs.get("mlflow_parent_run_id")
         if run_id is None or not self._run_exists(run_id):
             tags = {"legoexp.kind": "sweep", "legoexp.study": self.cfg["study_name"]}
             if self.launched_run:
                 run_id = self.launched_run
-                self.client.set_tag(run_id, "mlflow.runName", self.cfg["study_name"])
-                for k, v in tags.items():
-                    self.client.set_tag(run_id, k, v)
+                tracking.set_tags(run_id, {"mlflow.runName": self.cfg["study_name"], **tags})
             else:
                 run_id = self.client.create_run(self.experiment_id, run_name=self.cfg["study_name"],
                                                 tags=tags).info.run_id
-            self.study.set_user_attr("mlflow_parent_run_id", run_id)
             tracking.log_params(run_id, {**self.params, "data": self.cfg["data"],
                                          "data_source": self.source.uri, "data_digest": self.train_split.digest})
-        else:
-            self.client.update_run(run_id, status="RUNNING")
+            self.study.set_user_attr("mlflow_parent_run_id", run_id)  # last: a parent with its params
+        self._set_parent(run_id)
+
+    def _set_parent(self, run_id: str) -> None:
         self.parent_id = run_id
         ui = mlflow.get_tracking_uri() if mlflow.get_tracking_uri().startswith("http") else "http://127.0.0.1:5000"
         self.parent_url = f"{ui.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
-        orphans = studies.fail_orphans(self.study, self.storage, self._kill_trial_run)
+
+    @contextlib.contextmanager
+    def parent_run(self):
+        """The parent run is RUNNING while this process works on the study, and ends with it."""
+        run_id = self.parent_id
+        self.client.update_run(run_id, status="RUNNING")
+        orphans = claims.fail_orphans(self.study, self.watch, self._kill_trial_run)
         if orphans:
             print(f"marked {orphans} trial(s) of a dead process as failed", file=sys.stderr)
         try:
@@ -97,24 +108,38 @@ class Search:
         self.client.set_terminated(run_id, "FINISHED")
 
     def join(self, parent_id: str | None) -> None:
-        """A worker: log trials under the study's parent run, which the main sweep created."""
-        parent_id = parent_id or self.study.user_attrs.get("mlflow_parent_run_id")
-        if not parent_id or not self._run_exists(parent_id):
-            raise UserError(f"study {self.cfg['study_name']!r} has no parent run yet: start the main "
-                            "`python -m legoexp.sweep` (without --worker) first")
-        self.parent_id = parent_id
+        """A worker: log trials under the study's parent run, which a main sweep creates; one started
+        before the main sweep waits for it (up to ``--wait`` seconds)."""
+        wait = self.cfg["wait"]
+        deadline, said = time.monotonic() + wait, False
+        while not (parent_id or self.study.user_attrs.get("mlflow_parent_run_id")):
+            if time.monotonic() > deadline:
+                raise UserError(f"study {self.cfg['study_name']!r} has no parent run after {wait} s: start the main "
+                                "`python -m legoexp.sweep` (without --worker) too")
+            if not said:
+                print(f"waiting up to {wait} s for a main sweep to create the parent run of study "
+                      f"{self.cfg['study_name']!r}", file=sys.stderr)
+                said = True
+            time.sleep(1)  # the study's user attributes are read from the storage each time
+        parent_id = parent_id or self.study.user_attrs["mlflow_parent_run_id"]
+        if not self._run_exists(parent_id):
+            raise UserError(f"the parent run {parent_id} of study {self.cfg['study_name']!r} does not exist "
+                            f"in {mlflow.get_tracking_uri()}: is MLFLOW_TRACKING_URI the main sweep's?")
+        self._set_parent(parent_id)
 
     def _run_exists(self, run_id) -> bool:
+        """False for a run that does not exist or was deleted; a store that fails raises."""
         try:
             return self.client.get_run(run_id).info.lifecycle_stage == "active"
-        except mlflow.exceptions.MlflowException:
-            return False
+        except mlflow.exceptions.MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
 
-    def _kill_trial_run(self, trial) -> None:
+    def _kill_trial_run(self, trial, reason: str) -> None:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id and self._run_exists(run_id):
-            self.client.set_tag(run_id, "state", "failed")
-            self.client.set_tag(run_id, "fail_reason", "its process died")
+            tracking.set_tags(run_id, {"state": "failed", "fail_reason": reason})
             self.client.set_terminated(run_id, "KILLED")
 
     # -- the search ----------------------------------------------------------------------------
@@ -139,15 +164,21 @@ class Search:
             bar.close()
 
     def _end_stray_runs(self) -> None:
-        """End the trial runs still RUNNING whose trial has ended: the process that ran the trial
-        could not reach the tracking store to end its run (e.g. while the database was down)."""
-        ended = {str(t.number) for t in self.study.get_trials(deepcopy=False) if t.state != TrialState.RUNNING}
+        """End, as their trial ended, the trial runs still RUNNING whose trial has ended: their process
+        was killed between telling Optuna and ending the run, or could not reach the tracking store."""
+        ended = {str(t.number): t for t in self.study.get_trials(deepcopy=False) if t.state != TrialState.RUNNING}
         runs = self.client.search_runs([self.experiment_id], f"tags.`legoexp.study` = '{self.cfg['study_name']}' "
                                        "and tags.`legoexp.kind` = 'trial' and attributes.status = 'RUNNING'")
         for run in runs:
-            if run.data.tags.get("trial_number") in ended:
-                tracking.set_tags(run.info.run_id, {"state": "failed", "fail_reason": "its process could not end it"})
-                self.client.set_terminated(run.info.run_id, "KILLED")
+            trial = ended.get(run.data.tags.get("trial_number"))
+            if trial is None:
+                continue
+            if trial.user_attrs.get("mlflow_run_id") == run.info.run_id and trial.state != TrialState.FAIL:
+                accuracies = [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
+                self._end_trial(run.info.run_id, accuracies, trial.state)
+            else:  # failed, or a run its process made but never linked to the trial before it died
+                reason = trial.user_attrs.get("fail_reason", "its process could not end it")
+                self._end_trial(run.info.run_id, [], TrialState.FAIL, reason, status="KILLED")
 
     def work(self, on_trial=None) -> bool:
         """Claim and run trials while the study needs more; False if it gave up (time, failures)."""
@@ -165,32 +196,23 @@ class Search:
         return True
 
     def _claim(self):
-        """A new trial, unless finished + running trials already make the target; under a lock,
-        so that workers sharing the study never start more trials than ``--trials`` asks for."""
-        with studies.claim_lock(self.storage):
-            studies.fail_orphans(self.study, self.storage, self._kill_trial_run, claims_locked=True)
-            active = self.study.get_trials(deepcopy=False, states=studies.FINISHED + (TrialState.RUNNING,))
-            if len(active) >= self.cfg["trials"]:
-                return None
-            trial = self.study.ask()
-            trial.set_user_attr("owner", studies.OWNER)
-            return trial
-
-    def _run_trial(self, trial) -> TrialState:
-        with studies.heartbeat(self.storage, trial):
-            try:
-                value = self._objective(trial)
-            except optuna.TrialPruned:
-                state, value = TrialState.PRUNED, None
-            except Diverged:
-                state, value = TrialState.FAIL, None
-            except BaseException:
-                self.study.tell(trial, state=TrialState.FAIL)
-                raise
-            else:
-                state = TrialState.COMPLETE
-        self.study.tell(trial, value, state=state)
-        return state
+        """A new trial, unless finished + running trials already make the target; under the study's
+        lock, so that processes sharing the study never start more trials than ``--trials`` asks for."""
+        trial = None
+        try:
+            with self.lock():
+                claims.fail_orphans(self.study, self.watch, self._kill_trial_run, claims_locked=True)
+                active = self.study.get_trials(deepcopy=False, states=studies.FINISHED + (TrialState.RUNNING,))
+                if len(active) < self.cfg["trials"]:
+                    trial = self.study.ask()
+                    trial.set_user_attr("owner", claims.OWNER)
+        except LockLost:  # cut off while claiming: another process may have claimed the same slot
+            if trial is not None:
+                with contextlib.suppress(Exception):
+                    trial.set_user_attr("fail_reason", "claimed while this process had lost the study's lock")
+                    self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            return self._claim()
+        return trial
 
     def _progress(self, bar) -> None:
         pruned = len(self.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
@@ -205,46 +227,78 @@ class Search:
         except ValueError:
             return None
 
-    def _objective(self, trial: optuna.Trial) -> float:
-        point = studies.suggest(trial, self.space)
-        config = TrainConfig(epochs=self.cfg["epochs"], seed=self.cfg["seed"], **point)
+    def _run_trial(self, trial: optuna.Trial) -> TrialState | None:
+        """Run a claimed trial as an MLflow child run, tell Optuna how it ended, then end the run the
+        same way. None when the trial was taken from this process meanwhile (its heartbeat was
+        silent too long: stopped, or cut off from the storage) and failed by another: its result
+        is dropped, so nothing is counted twice."""
+        faults.point("trial.claimed")
+        config = TrainConfig(epochs=self.cfg["epochs"], seed=self.cfg["seed"], **studies.suggest(trial, self.space))
         fold_results = self.runner.accuracies(config, self.folds)  # the workers start now, while we log
-        run = self.client.create_run(
+        run_id = self.client.create_run(
             self.experiment_id, run_name=f"trial-{trial.number:03d}",
             tags={"mlflow.parentRunId": self.parent_id, "legoexp.kind": "trial", "legoexp.study":
-                  self.cfg["study_name"], "trial_number": str(trial.number), "state": "running"})
-        run_id = run.info.run_id
+                  self.cfg["study_name"], "trial_number": str(trial.number), "state": "running"}).info.run_id
         trial.set_user_attr("mlflow_run_id", run_id)
         tracking.log_params(run_id, {**tracking.run_params(config, self.cfg["data"], self.source, self.train_split),
                                      "trial_number": trial.number, "folds": self.cfg["folds"]})
-        accuracies = []
+        accuracies, state, reason = [], TrialState.COMPLETE, None
         try:
-            with contextlib.closing(fold_results):
-                for k, accuracy in enumerate(fold_results):
-                    accuracies.append(accuracy)
-                    trial.report(accuracy, k)
-                    if trial.should_prune():
-                        raise optuna.TrialPruned(f"pruned after fold {k + 1}")
-        except optuna.TrialPruned:
-            self._end_trial(run_id, accuracies, "pruned", "FINISHED")
-            raise
-        except Diverged as e:
-            trial.set_user_attr("fail_reason", str(e))
-            self._end_trial(run_id, accuracies, "failed", "FAILED", reason=str(e))
-            raise
-        except KeyboardInterrupt:
-            self._end_trial(run_id, accuracies, "failed", "KILLED", reason="interrupted")
-            raise
-        except Exception as e:
-            self._end_trial(run_id, accuracies, "failed", "FAILED", reason=f"{type(e).__name__}: {e}")
-            raise
-        self._end_trial(run_id, accuracies, "complete", "FINISHED")
-        return float(np.mean(accuracies))
+            with claims.Heartbeat(self.storage, trial._trial_id, self.cfg["heartbeat"]):
+                try:
+                    self._score(trial, fold_results, accuracies)
+                except optuna.TrialPruned:
+                    state = TrialState.PRUNED
+                except Diverged as e:
+                    state, reason = TrialState.FAIL, str(e)
+                    trial.set_user_attr("fail_reason", reason)
+                value = float(np.mean(accuracies)) if state == TrialState.COMPLETE else None
+                taken = self.study.tell(trial, value, state=state, skip_if_finished=True).state != state
+        except UpdateFinishedTrialError:
+            taken = True
+        except BaseException as e:
+            interrupted = isinstance(e, KeyboardInterrupt)
+            if not interrupted and self._taken(trial):  # e.g. a storage call cut off while the trial was failed
+                taken = True
+            else:
+                with contextlib.suppress(Exception):  # best effort: the store may be what failed
+                    self._end_trial(run_id, accuracies, TrialState.FAIL, "interrupted" if interrupted else
+                                    f"{type(e).__name__}: {e}", status="KILLED" if interrupted else "FAILED")
+                    self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                raise
+        if taken:
+            reason = "its trial was failed by another process while this one was silent; its result is dropped"
+            self._end_trial(run_id, accuracies, TrialState.FAIL, reason, status="KILLED")
+            print(f"trial {trial.number}: {reason}", file=sys.stderr)
+            return None
+        faults.point("trial.told")
+        self._end_trial(run_id, accuracies, state, reason)
+        return state
 
-    def _end_trial(self, run_id, accuracies, state, status, reason=None) -> None:
-        """The folds' accuracies and the outcome (tags ``state``, ``fail_reason``) in one batch, then the status."""
+    def _taken(self, trial) -> bool:
+        """True if another process has ended ``trial`` (the storage says so when it can be asked)."""
+        try:
+            return self.storage.get_trial(trial._trial_id).state != TrialState.RUNNING
+        except Exception:
+            return False
+
+    def _score(self, trial: optuna.Trial, fold_results, accuracies: list[float]) -> None:
+        """Take each fold's accuracy from ``fold_results``, append it and report it to the pruner."""
+        with contextlib.closing(fold_results):
+            for k, accuracy in enumerate(fold_results):
+                accuracies.append(accuracy)
+                trial.report(accuracy, k)
+                prune = trial.should_prune()
+                faults.point("trial.fold")
+                if prune:
+                    raise optuna.TrialPruned(f"pruned after fold {k + 1}")
+
+    def _end_trial(self, run_id, accuracies, state: TrialState, reason=None, status=None) -> None:
+        """The folds' accuracies and the outcome (tags ``state``, ``fail_reason``) in one batch, then
+        the run's status: FINISHED for a complete or pruned trial, else ``status`` (default FAILED)."""
         metrics = {f"val_accuracy_fold{k}": a for k, a in enumerate(accuracies)}
-        if state == "complete":
+        if state == TrialState.COMPLETE:
             metrics["val_accuracy"] = float(np.mean(accuracies))
-        tracking.log_metrics(run_id, metrics, tags={"state": state} | ({"fail_reason": reason} if reason else {}))
-        self.client.set_terminated(run_id, status)
+        outcome = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(state, "failed")
+        tracking.log_metrics(run_id, metrics, tags={"state": outcome} | ({"fail_reason": reason} if reason else {}))
+        self.client.set_terminated(run_id, "FINISHED" if outcome != "failed" else status or "FAILED")

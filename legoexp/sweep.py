@@ -10,6 +10,7 @@ a crash runs only what is missing.
 """
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ SETTINGS = {
     "search_space": Setting(str),
     "jobs": int_range(1, 256),
     "heartbeat": int_range(1, 3600),
+    "wait": int_range(0, 86_400),
 }
 HELP = {
     "trials": "finished (complete or pruned) trials the study must reach",
@@ -48,6 +50,7 @@ HELP = {
             "their folds in parallel)",
     "heartbeat": "seconds between a running trial's heartbeats; a trial silent for 3 heartbeats is failed "
                  "and redone by the others (default 10)",
+    "wait": "with --worker: seconds to wait for a main sweep to create the study's parent run (default 300)",
 }
 
 
@@ -100,49 +103,64 @@ def main(argv=None) -> int:
 
     import mlflow
 
-    from legoexp import report, tracking, workers
+    from legoexp import faults, report, rights, tracking, workers
     from legoexp.search import Search
+    from legoexp.storage import StudyLock, open_storage, storage_label
 
     timings.lap("startup")
-    store_dir = tracking.store_directory()
     try:
-        storage = studies.open_storage(cfg["storage"], store_dir, cfg["heartbeat"])  # a bad URL fails before anything is created
-        tracking.use_experiment(cfg["experiment_name"])
-        search = Search(cfg, space, baseline, source, train_split, storage,
-                        storage_label=studies.storage_label(cfg["storage"], store_dir), runner=runner)
+        # the rights it needs on the tracking server: refused now, not when registering after the search
+        rights.check_sweep(cfg["experiment_name"], None if args.worker else cfg["model_name"])
+        store_dir = tracking.store_directory()
+        lock = StudyLock(cfg["storage"], store_dir, cfg["heartbeat"])
+        # processes started at the same instant set up one at a time: one schema, study, experiment, parent run
+        with lock(first=True):
+            storage = open_storage(cfg["storage"], store_dir, cfg["heartbeat"])  # a bad URL fails before anything is created
+            tracking.use_experiment(cfg["experiment_name"])
+            search = Search(cfg, space, baseline, source, train_split, storage,
+                            storage_label=storage_label(cfg["storage"], store_dir), lock=lock, runner=runner)
+            if not args.worker:
+                search.open_parent()
     except BaseException:
         runner.close()
         raise
     if args.worker:
-        search.join(args.parent_run_id)
-        if cfg["jobs"] > 1 and not args.spawned:  # N workers on this machine, none here
-            workers.run_workers(cfg["jobs"], workers.worker_command(cfg, SETTINGS), search.parent_id, lambda: None)
-        else:
-            search.work()
+        with contextlib.closing(search.runner):
+            search.join(args.parent_run_id)
+            if cfg["jobs"] > 1 and not args.spawned:  # N workers on this machine, none here
+                workers.run_workers(cfg["jobs"], workers.worker_command(cfg, SETTINGS), search.parent_id,
+                                    lambda: None)
+            else:
+                search.work()
         return 0
     with search.parent_run():
         timings.lap("setup")
         search.run(cfg["jobs"], workers.worker_command(cfg, SETTINGS))
         timings.lap("search")
-        report.log_study(search)
-        timings.lap("figures")
-        if report.needs_comparison(search):
-            report.compare_and_register(search, load_split(source, "test"))  # the first read of the test split
-        else:
-            print("the best trial was already compared and registered; nothing left to do", file=sys.stderr)
-        tracking.log_metrics(search.parent_id, timings.metrics())  # where this run's seconds went
+        faults.point("search.done")
+        with lock():  # one of the sweeps sharing the study reports; the others find it done
+            report.log_study(search)
+            timings.lap("figures")
+            if report.needs_comparison(search):
+                report.compare_and_register(search, load_split(source, "test"))  # the first read of the test split
+            else:
+                print("the best trial was already compared and registered; nothing left to do", file=sys.stderr)
+            tracking.log_metrics(search.parent_id, timings.metrics())  # where this run's seconds went
     print(f"done in {time.perf_counter() - started:.1f} s; see it: mlflow ui --backend-store-uri "
           f"{mlflow.get_tracking_uri()}  then open {search.parent_url}", file=sys.stderr)
     return 0
 
 
 def main_or_storage_error(argv=None) -> int:
-    """``main``, with a storage that goes away or a fold worker that dies mid-sweep reported in one line
-    (a rerun resumes)."""
+    """``main``, with a storage or tracking store that goes away, or a fold worker that dies mid-sweep,
+    reported in one line (a rerun resumes)."""
     from concurrent.futures.process import BrokenProcessPool
 
     import optuna
+    from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import OperationalError
+
+    from legoexp import tracking
 
     try:
         return main(argv)
@@ -154,6 +172,8 @@ def main_or_storage_error(argv=None) -> int:
         detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise UserError(f"the Optuna storage failed ({detail}); when it is reachable again, rerun the "
                         "same command to resume") from None
+    except MlflowException as e:
+        raise tracking.store_failure(e) from None
 
 
 if __name__ == "__main__":

@@ -57,6 +57,20 @@ def check_store() -> None:
                             "is, or set MLFLOW_TRACKING_URI")
 
 
+STORE_FAILURES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
+
+
+def store_failure(e: Exception) -> Exception:
+    """What to raise for an MLflow error: a store that failed (unreachable, a 5xx, a locked or broken
+    database) becomes one line naming it; anything else (a bug) is ``e`` itself."""
+    if getattr(e, "error_code", None) not in STORE_FAILURES:
+        return e
+    text = str(getattr(e, "message", e)).strip()
+    detail = text.splitlines()[0][:300] if text else type(e).__name__
+    return UserError(f"the tracking store {mlflow.get_tracking_uri()} failed ({detail}); when it works again, "
+                     "rerun the same command to resume")
+
+
 def run_params(config: TrainConfig, data: str, source: Source, train: Split) -> dict:
     return {**config.as_params(), "data": data, "data_source": source.uri, "data_digest": train.digest}
 
@@ -76,11 +90,11 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0, tags: dic
                              tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
 
-def log_history(run_id: str, history: dict[str, list[float]], first_step: int = 1) -> None:
-    """Series of metrics in one batch: step = epoch number (from 1), or e.g. the seed."""
+def log_history(run_id: str, history: dict[str, list[float]], steps=None) -> None:
+    """Series of metrics in one batch; the i-th value of each at ``steps[i]`` (default: epochs 1, 2, ...)."""
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(v), now, step)
-               for key, values in history.items() for step, v in enumerate(values, start=first_step)]
+    metrics = [Metric(key, float(v), now, step) for key, values in history.items()
+               for step, v in zip(steps or range(1, len(values) + 1), values)]
     MlflowClient().log_batch(run_id, metrics=metrics)
 
 

@@ -3,11 +3,14 @@
 A test module asks for them with ``pytest_plugins = ["services"]`` and then uses the
 session-scoped fixtures ``postgres`` (the cluster: ``.url``, ``.stop()``, ``.start()``,
 ``with .stopped():``, ``.create_database(name)``), ``postgres_url`` (a SQLAlchemy URL of a
-database on it) and ``mlflow_server`` (the server's ``http://127.0.0.1:PORT`` URL; its backend
+database on it), ``mlflow_server`` (the server's ``http://127.0.0.1:PORT`` URL; its backend
 store is a second database on the same cluster, and it serves artifacts from a temporary
-directory).
+directory) and ``mlflow_auth_server`` (one with MLflow's basic-auth, on SQLite: ``.url``,
+``.admin_password``, ``.log``).
 ``pytest_plugins`` loads this module once per session, so every module shares one cluster and one
 server; importing the fixtures by name instead would start one of each per importing module.
+``postgres_cluster`` and ``mlflow_tracking_server`` also run them elsewhere: on another address,
+behind a command prefix such as ``ip netns exec NS`` (tests/hosts.py puts them on a host of their own).
 
 ``initdb`` refuses to run as root, so as root the cluster runs as the unprivileged system user
 ``legoexp-pg`` (created if missing, with ``useradd --system``) through ``runuser``; as any other
@@ -17,9 +20,12 @@ driver skip the tests, and fail them under ``CI=true``.
 """
 
 import contextlib
+import dataclasses
 import glob
+import importlib.util
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -75,17 +81,20 @@ def ensure_system_user(name: str) -> None:
 
 
 class PostgresCluster:
-    """A cluster in a temporary directory: ``initdb`` once, then ``start()`` / ``stop()`` at will."""
+    """A cluster in a temporary directory: ``initdb`` once, then ``start()`` / ``stop()`` at will.
+    It listens on ``host``; its commands run behind ``prefix`` (e.g. ``ip netns exec NS`` to run it
+    on another host, tests/hosts.py)."""
 
-    def __init__(self, bindir: Path, settings: dict[str, str] | None = None):
-        self.bindir = bindir
+    def __init__(self, bindir: Path, settings: dict[str, str] | None = None, host: str = "127.0.0.1",
+                 prefix: tuple[str, ...] = ()):
+        self.bindir, self.host, self.prefix = bindir, host, tuple(prefix)
         if os.geteuid() == 0:
             ensure_system_user(PG_SYSTEM_USER)
             self.user = PG_SYSTEM_USER
-            self._as_user = ["runuser", "-u", self.user, "--"]
+            self._as_user = [*self.prefix, "runuser", "-u", self.user, "--"]
         else:
             self.user = pwd.getpwuid(os.geteuid()).pw_name
-            self._as_user = []
+            self._as_user = [*self.prefix]
         # not under pytest's basetemp: that is private to root (0700) and the cluster's user must reach it
         self.root = Path(tempfile.mkdtemp(prefix="legoexp-pg-"))
         entry = pwd.getpwnam(self.user)
@@ -95,7 +104,7 @@ class PostgresCluster:
         self.port = free_port()
         self._pg(["initdb", "-D", str(self.data), "-U", self.user, "--auth=trust", "--no-locale",
                   "--encoding=UTF8", "--no-instructions"], what="initdb")
-        conf = {"listen_addresses": "'127.0.0.1'", "port": str(self.port),
+        conf = {"listen_addresses": f"'{host}'", "port": str(self.port),
                 "unix_socket_directories": f"'{self.root}'", **(settings or {})}
         with open(self.data / "postgresql.conf", "a") as f:
             f.write("\n# legoexp test cluster\n" + "".join(f"{k} = {v}\n" for k, v in conf.items()))
@@ -132,7 +141,7 @@ class PostgresCluster:
             self.start()
 
     def url_for(self, database: str) -> str:
-        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+psycopg2://{self.user}@{self.host}:{self.port}/{database}"
 
     @property
     def url(self) -> str:
@@ -141,7 +150,8 @@ class PostgresCluster:
     def create_database(self, name: str) -> str:
         import psycopg2
 
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user, dbname="postgres")
+        # through the cluster's socket directory, which any network namespace reaches
+        conn = psycopg2.connect(host=str(self.root), port=self.port, user=self.user, dbname="postgres")
         try:
             conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
             with conn.cursor() as cur:
@@ -163,13 +173,18 @@ class PostgresCluster:
 
 
 @contextlib.contextmanager
-def postgres_cluster(settings: dict[str, str] | None = None) -> Iterator[PostgresCluster]:
-    """A started cluster with the database ``legoexp``; stopped and deleted afterwards, even on failure."""
+def postgres_cluster(settings: dict[str, str] | None = None, host: str = "127.0.0.1", prefix: tuple[str, ...] = (),
+                     trusted: str | None = None) -> Iterator[PostgresCluster]:
+    """A started cluster with the database ``legoexp``; stopped and deleted afterwards, even on failure.
+    ``trusted``: a network (``10.0.0.0/24``) whose connections it trusts besides 127.0.0.1."""
     bindir = postgres_binaries()
     if bindir is None:
         raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) are not on PATH")
-    cluster = PostgresCluster(bindir, settings)
+    cluster = PostgresCluster(bindir, settings, host, prefix)
     try:
+        if trusted:
+            with open(cluster.data / "pg_hba.conf", "a") as f:
+                f.write(f"host all all {trusted} trust\n")
         cluster.start()
         cluster.create_database(DATABASE)
         yield cluster
@@ -212,26 +227,30 @@ def _group_alive(group: int) -> bool:
 
 
 @contextlib.contextmanager
-def mlflow_tracking_server(backend_store_uri: str, workers: int = 1) -> Iterator[MlflowServer]:
-    """``mlflow server`` on a free port of 127.0.0.1 serving artifacts from a temporary directory;
-    ready when ``/health`` answers, stopped (all its processes) afterwards."""
+def mlflow_tracking_server(backend_store_uri: str, workers: int = 1, app_name: str | None = None,
+                           settings: dict[str, str] | None = None, host: str = "127.0.0.1",
+                           prefix: tuple[str, ...] = ()) -> Iterator[MlflowServer]:
+    """``mlflow server`` on a free port of ``host`` serving artifacts from a temporary directory (its
+    working directory); ready when ``/health`` answers, stopped (all its processes) afterwards.
+    ``app_name`` (``basic-auth``) and its ``settings`` (environment variables) as docs/scale-out.md
+    gives them; ``prefix`` runs it and the health check elsewhere (``ip netns exec NS``)."""
     root = Path(tempfile.mkdtemp(prefix="legoexp-mlflow-"))
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     log = root / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | (settings or {})
     # no GenAI job runner: it starts 8 more processes (~0.8 GB) that tracking runs never use
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
+    command = [*prefix, sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
                "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
-               "--default-artifact-root", "mlflow-artifacts:/", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers)]
+               "--default-artifact-root", "mlflow-artifacts:/", "--host", host, "--port", str(port),
+               "--workers", str(workers), *(["--app-name", app_name] if app_name else [])]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    cwd=root, env=env, start_new_session=True)
     server = MlflowServer(url, process, log)
     try:
-        _wait_healthy(server)
+        _wait_healthy(server, tuple(prefix))
         yield server
     finally:
         try:
@@ -240,16 +259,25 @@ def mlflow_tracking_server(backend_store_uri: str, workers: int = 1) -> Iterator
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _wait_healthy(server: MlflowServer) -> None:
+def _healthy(url: str, prefix: tuple[str, ...]) -> bool:
+    if prefix:  # the server is on a network this process has no interface on: ask from there
+        probe = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)"
+        return subprocess.run([*prefix, sys.executable, "-c", probe, f"{url}/health"],
+                              capture_output=True, timeout=30).returncode == 0
+    with contextlib.suppress(OSError):
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            return response.status == 200
+    return False
+
+
+def _wait_healthy(server: MlflowServer, prefix: tuple[str, ...] = ()) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while True:
         if server.process.poll() is not None:
             raise RuntimeError(f"mlflow server exited with {server.process.returncode} while starting:\n"
                                f"{tail(server.log)}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{server.url}/health", timeout=5) as response:
-                if response.status == 200:
-                    return
+        if _healthy(server.url, prefix):
+            return
         if time.monotonic() > deadline:
             raise RuntimeError(f"mlflow server at {server.url} not healthy after {STARTUP_TIMEOUT} s:\n"
                                f"{tail(server.log)}")
@@ -291,3 +319,38 @@ def mlflow_server(postgres) -> Iterator[str]:
     """An ``mlflow server`` whose backend store is the database ``mlflow`` of ``postgres``."""
     with mlflow_tracking_server(postgres.create_database("mlflow")) as server:
         yield server.url
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthServer:
+    url: str
+    admin_password: str
+    log: Path
+
+
+# docs/scale-out.md's auth config, with its user store on SQLite in the server's working directory
+AUTH_CONFIG = """[mlflow]
+default_permission = NO_PERMISSIONS
+database_uri = sqlite:///basic_auth.db
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 60
+"""
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server(tmp_path_factory) -> Iterator[AuthServer]:
+    """An ``mlflow server --app-name basic-auth`` set up as docs/scale-out.md says, on a SQLite
+    backend store (it starts in seconds): no login, no answer (401); nothing granted, nothing
+    allowed; the admin ``admin`` with a random password (``.admin_password``), which like the secret
+    key reaches the server only through its environment."""
+    require(importlib.util.find_spec("flask_wtf") is not None,
+            "Flask-WTF, which MLflow's basic-auth app needs, is not installed (pip install -e .)")
+    config = tmp_path_factory.mktemp("auth") / "basic_auth.ini"
+    config.write_text(AUTH_CONFIG)
+    admin_password = secrets.token_urlsafe(18)
+    settings = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}
+    root = tmp_path_factory.mktemp("auth-store")
+    with mlflow_tracking_server(f"sqlite:///{root}/mlflow.db", app_name="basic-auth", settings=settings) as server:
+        yield AuthServer(server.url, admin_password, server.log)

@@ -4,11 +4,13 @@ import hashlib
 import io
 import os
 import pickle
+import pickletools
 import struct
 
 import numpy as np
 import pytest
 
+from conftest import write_lab_file
 from legoexp.data import load_split, open_source
 from legoexp.data.labfile import read_lab_file
 from legoexp.errors import DataError
@@ -31,11 +33,39 @@ def test_lab_files_load_with_the_documented_shapes_and_class_counts(lab_dir):
     assert train.digest != test.digest
 
 
-def test_lab_reader_returns_what_mxnet_itself_unpickles(lab_dir):
-    mx_pickled = pickle.loads((lab_dir / "lego-simple-mx-test").read_bytes())  # trusted file here
-    images, labels = read_lab_file(lab_dir / "lego-simple-mx-test")
-    assert np.array_equal(images, mx_pickled._data[0].asnumpy())
-    assert np.array_equal(labels, mx_pickled._data[1])
+def test_lab_reader_returns_what_mxnet_itself_unpickles(lab_format_dir):
+    for name in ("lego-simple-mx-train", "lego-simple-mx-test"):
+        mx_pickled = pickle.loads((lab_format_dir / name).read_bytes())  # trusted files here
+        images, labels = read_lab_file(lab_format_dir / name)
+        assert images.dtype == labels.dtype == np.uint8 and images.shape[1:] == (48, 48, 1)
+        assert np.array_equal(images, mx_pickled._data[0].asnumpy())
+        assert np.array_equal(labels, mx_pickled._data[1])
+
+
+def _pickle_globals(raw: bytes) -> tuple[int, set[str]]:
+    """The pickle's protocol and the globals it references."""
+    ops = list(pickletools.genops(raw))
+    return ops[0][1], {arg for op, arg, _ in ops if op.name == "GLOBAL"}
+
+
+def test_generated_lab_pickles_hold_the_generated_set_in_the_labs_format(generated_lab_dir):
+    protocol, names = _pickle_globals((generated_lab_dir / "lego-simple-mx-train").read_bytes())
+    assert protocol == 3 and names == {  # as /work/shared/data/README.md lists them
+        "builtins bytearray", "numpy dtype", "numpy ndarray", "numpy.core.multiarray _reconstruct",
+        "mxnet.ndarray.ndarray NDArray", "mxnet.gluon.data.dataset ArrayDataset"}
+    source, synthetic = open_source(str(generated_lab_dir)), open_source("synthetic")
+    assert source.kind == "lab"
+    for split in ("train", "test"):
+        expected = load_split(synthetic, split)
+        images, labels = read_lab_file(source.path(split))
+        assert np.array_equal(images, expected.images[..., None]) and np.array_equal(labels, expected.labels)
+        assert load_split(source, split).digest == expected.digest
+
+
+def test_the_generated_pickles_writer_rewrites_the_labs_files_byte_for_byte(lab_dir, tmp_path):
+    for name in LAB_SHA256:
+        write_lab_file(tmp_path / name, *read_lab_file(lab_dir / name))
+        assert (tmp_path / name).read_bytes() == (lab_dir / name).read_bytes()
 
 
 class _RunsACommand:
@@ -63,24 +93,28 @@ def test_an_allowed_global_called_with_a_huge_size_is_refused(tmp_path):
         read_lab_file(bomb)
 
 
-def _lab_bytes(lab_dir) -> bytes:
-    return (lab_dir / "lego-simple-mx-train").read_bytes()
+def _lab_bytes(directory) -> bytes:
+    return (directory / "lego-simple-mx-train").read_bytes()
 
 
 def _header_offset(raw: bytes) -> int:
     return raw.index(struct.pack("<I", 0xF993FAC9))
 
 
+def _images_in(header: bytes) -> int:
+    return struct.unpack_from("<q", header, 12)[0]
+
+
 @pytest.mark.parametrize("patch, message", [
-    (lambda h: h[:12] + struct.pack("<q", 452) + h[20:], "but the file holds"),  # N disagrees with bytes
+    (lambda h: h[:12] + struct.pack("<q", _images_in(h) + 1) + h[20:], "but the file holds"),  # N disagrees with bytes
     (lambda h: h[:12] + struct.pack("<q", 2**40) + h[20:], "not a valid size"),  # absurd N
-    (lambda h: h[:12] + struct.pack("<q", -451) + h[20:], "not a valid size"),
+    (lambda h: h[:12] + struct.pack("<q", -_images_in(h)) + h[20:], "not a valid size"),
     (lambda h: h[:8] + struct.pack("<I", 4000) + h[12:], "dimensions"),  # absurd rank
     (lambda h: h[:52] + struct.pack("<i", 99) + h[56:], "dtype code"),
     (lambda h: struct.pack("<I", 0xDEADBEEF) + h[4:], "not a dense MXNet NDArray"),
-])
-def test_crafted_ndarray_headers_are_refused_with_the_reason(lab_dir, tmp_path, patch, message):
-    raw = _lab_bytes(lab_dir)
+], ids=["one-image-too-many", "huge-count", "negative-count", "rank-4000", "dtype-99", "bad-magic"])
+def test_crafted_ndarray_headers_are_refused_with_the_reason(lab_format_dir, tmp_path, patch, message):
+    raw = _lab_bytes(lab_format_dir)
     at = _header_offset(raw)
     crafted = raw[:at] + patch(raw[at:at + 56]) + raw[at + 56:]
     path = tmp_path / "crafted"
@@ -90,8 +124,8 @@ def test_crafted_ndarray_headers_are_refused_with_the_reason(lab_dir, tmp_path, 
     assert str(path) in str(e.value)
 
 
-def test_truncated_lab_files_are_refused_at_every_cut(lab_dir, tmp_path):
-    raw = _lab_bytes(lab_dir)
+def test_truncated_lab_files_are_refused_at_every_cut(lab_format_dir, tmp_path):
+    raw = _lab_bytes(lab_format_dir)
     path = tmp_path / "cut"
     for cut in [0, 1, 2, 40, 100, 150, 200, 1000, len(raw) // 2, len(raw) - 200, len(raw) - 1]:
         path.write_bytes(raw[:cut])
@@ -99,8 +133,8 @@ def test_truncated_lab_files_are_refused_at_every_cut(lab_dir, tmp_path):
             read_lab_file(path)
 
 
-def test_random_byte_damage_never_escapes_as_anything_but_a_data_error(lab_dir, tmp_path):
-    raw = _lab_bytes(lab_dir)
+def test_random_byte_damage_never_escapes_as_anything_but_a_data_error(lab_format_dir, tmp_path):
+    raw = _lab_bytes(lab_format_dir)
     at = _header_offset(raw)
     rng = np.random.default_rng(0)
     path = tmp_path / "damaged"

@@ -2,6 +2,10 @@
 
 import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
 import uuid
 
 import numpy as np
@@ -9,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import run_module
+from conftest import require, run_module
 from legoexp.classes import CLASS_NAMES
 from legoexp.data import load_split, open_source
 from legoexp.predict import read_photo
@@ -93,15 +97,15 @@ def test_an_npz_without_labels_prints_predictions_only(mlflow_env, model, test_s
 
 
 @pytest.mark.slow
-def test_the_labs_own_test_file_is_predicted_with_its_labels(mlflow_env, model, lab_dir):
+def test_a_lab_file_is_predicted_with_its_labels(mlflow_env, model, lab_format_dir):
     from legoexp.data.labfile import read_lab_file
 
-    images, labels = read_lab_file(lab_dir / "lego-simple-mx-test")
-    lines = _predict(mlflow_env, model, lab_dir / "lego-simple-mx-test")
+    path = lab_format_dir / "lego-simple-mx-test"
+    images, labels = read_lab_file(path)
+    lines = _predict(mlflow_env, model, path)
     classes, probabilities = _expected(model, images)
     truth = [CLASS_NAMES[i] for i in labels]
-    _check_lines(lines[:-1], [f"{lab_dir / 'lego-simple-mx-test'}[{i}]" for i in range(len(labels))],
-                 classes, probabilities, truth)
+    _check_lines(lines[:-1], [f"{path}[{i}]" for i in range(len(labels))], classes, probabilities, truth)
     assert lines[-1].startswith("accuracy ") and lines[-1].endswith(f"/{len(labels)})")
 
 
@@ -143,6 +147,7 @@ def test_plot_writes_the_single_prediction_chart_and_the_batch_grid(mlflow_env, 
             assert f"wrote {directory / name}" in lines
             with Image.open(directory / name) as png:
                 assert png.format == "PNG" and png.width > 300
+        assert sorted(os.listdir(directory)) == ["batch_prediction.png", "single_prediction.png"]
 
 
 def _text_file(tmp_path, name):
@@ -171,6 +176,72 @@ def test_bad_inputs_are_one_line_exit_2(mlflow_env, tmp_path, make_args, message
     MlflowClient().search_experiments()  # the store exists (creating it is what a first run does)
     proc = run_module("legoexp.predict", *make_args(tmp_path), env=mlflow_env)
     _one_line_error(proc, message)
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A directory no one may write in, root included: immutable (chattr +i) as root, mode 0500 otherwise."""
+    path = tmp_path / "locked"
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o500)
+        yield path
+        path.chmod(0o700)
+        return
+    locked = shutil.which("chattr") and subprocess.run(["chattr", "+i", path], capture_output=True).returncode == 0
+    require(locked, f"cannot make {path} immutable (chattr +i) on this file system")
+    yield path
+    subprocess.run(["chattr", "-i", path], check=True)
+
+
+@pytest.mark.parametrize("make_plot, message", [
+    (lambda t, r: _text_file(t, "some-file") / "sub", "some-file/sub: cannot be created, {t}/some-file is not a dir"),
+    (lambda t, r: _text_file(t, "plots.png"), "plots.png: is not a directory; expected a directory to write the"),
+    (lambda t, r: r.getfixturevalue("unwritable_dir"), "locked: cannot write in {t}/locked ("),
+    (lambda t, r: r.getfixturevalue("unwritable_dir") / "new", "locked/new: cannot write in {t}/locked ("),
+], ids=["under-a-file", "a-file", "unwritable", "under-unwritable"])
+def test_a_plot_directory_that_cannot_be_written_is_refused_before_the_model_is_loaded(
+        tmp_path, request, make_plot, message):
+    plot = make_plot(tmp_path, request)
+    store = tmp_path / "mlflow.db"  # there is no store and no such model: neither error may come first
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    proc = run_module("legoexp.predict", "--model", "models:/no-such-model@x", "--plot", plot,
+                      _npz(tmp_path, images=np.zeros((1, 48, 48), np.uint8)), env=env, cwd=tmp_path)
+    _one_line_error(proc, message.format(t=tmp_path))
+    assert f"error: --plot {plot}: " in proc.stderr and "or a path where one can be created" in proc.stderr
+    assert not store.exists()
+
+
+@pytest.mark.parametrize("how", ["killed", "write-error"])
+def test_a_png_write_cut_short_leaves_the_previous_plots_whole(test_split, tmp_path, how):
+    """The second write is cut when its file passes a size limit: the kernel kills the process there
+    (SIGXFSZ, a kill at a known byte), or the write fails (EFBIG, as on a full disk)."""
+    from legoexp.predict import plot
+
+    images, labels = test_split.images[:16], test_split.labels[:16]
+    written = plot(tmp_path, images, np.eye(10)[labels], labels)
+    before = {path: path.read_bytes() for path in written}
+    limit = min(map(len, before.values())) // 2
+    proc = subprocess.Popen([sys.executable, "-c", f"""
+import resource, signal, numpy as np
+from pathlib import Path
+from legoexp import plots, predict
+from legoexp.data import load_split, open_source
+split = load_split(open_source("synthetic"), "test")
+images, labels = split.images[:16], split.labels[:16]
+signal.signal(signal.SIGXFSZ, signal.{"SIG_DFL" if how == "killed" else "SIG_IGN"})
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+predict.plot(Path({str(tmp_path)!r}), images, np.full((16, 10), 0.1), labels)
+"""], stderr=subprocess.PIPE, text=True)
+    stderr = proc.communicate(timeout=120)[1]
+    if how == "killed":
+        assert proc.returncode == -signal.SIGXFSZ, stderr
+    else:
+        assert proc.returncode == 1 and "File too large" in stderr, stderr
+    assert {path: path.read_bytes() for path in written} == before
+    left = sorted(p.name for p in tmp_path.iterdir())
+    partial = [f".single_prediction.png.{proc.pid}.partial"] if how == "killed" else []
+    assert left == [*partial, "batch_prediction.png", "single_prediction.png"]
 
 
 def test_without_model_it_loads_the_champion_and_a_missing_store_is_refused_not_created(tmp_path):

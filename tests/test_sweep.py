@@ -16,7 +16,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from conftest import kill_mid_trial, run_module
+from conftest import faults_env, held_at_fault, run_module
 
 TINY = ["--folds", "2", "--seeds", "2", "--epochs", "2"]
 
@@ -126,30 +126,27 @@ def test_the_test_split_is_not_read_until_the_search_is_over(mlflow_env, trackin
 
 
 @pytest.mark.slow
-def test_kill_9_mid_sweep_then_rerun_ends_with_exactly_n_trials_and_nothing_running(mlflow_env, tracking_uri):
+def test_kill_9_mid_sweep_then_rerun_ends_with_exactly_n_trials_and_nothing_running(mlflow_env, tracking_uri, tmp_path):
     name = f"study-{uuid.uuid4().hex[:8]}"
     args = [sys.executable, "-m", "legoexp.sweep", "--study-name", name, "--experiment-name", name,
             "--trials", "6", "--folds", "2", "--seeds", "2", "--epochs", "4"]
-    victim = subprocess.Popen(args, env=mlflow_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # held after the 5th fold report: trials 0 and 1 (2 folds each, never pruned before fold 2) are done
+    victim = subprocess.Popen(args, env=faults_env(mlflow_env, "trial.fold#5=stop", tmp_path / "held"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    held = held_at_fault(victim, tmp_path / "held")
+    assert held == victim.pid
+    children = Path(f"/proc/{victim.pid}/task/{victim.pid}/children").read_text().split()
     journal = _store_dir(tracking_uri) / "optuna.journal"
-    children = []
-
-    def training_after_two_finished():  # the sweep, while a trial trains, after some have finished
-        trials = _study(journal.parent, name).get_trials()
-        finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-        if finished >= 2 and any(t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials):
-            children[:] = Path(f"/proc/{victim.pid}/task/{victim.pid}/children").read_text().split()
-            return {victim.pid}
-        return set()
-
-    kill_mid_trial(training_after_two_finished)
+    trials = _study(journal.parent, name).get_trials()
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
+    assert [t.number for t in trials if t.state == TrialState.RUNNING] == [2]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=60)
     assert children  # its fold workers
-    victim.wait()
     deadline = time.time() + 20
     while any(map(_running, children)) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(map(_running, children)), "workers outlived the sweep"
-    assert any(t.state == TrialState.RUNNING for t in _study(journal.parent, name).get_trials())
 
     proc = subprocess.run(args, env=mlflow_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -163,27 +160,19 @@ def test_kill_9_mid_sweep_then_rerun_ends_with_exactly_n_trials_and_nothing_runn
     assert sum(r.data.tags["legoexp.kind"] == "sweep" for r in runs) == 1  # the rerun reused the parent
     killed = [r for r in runs if r.info.status == "KILLED"]
     assert len(killed) == 1 and killed[0].data.tags["fail_reason"] == "its process died"
+    assert killed[0].data.tags["trial_number"] == "2"
 
 
 @pytest.mark.slow
-def test_a_fold_worker_killed_is_a_one_line_error_and_a_rerun_completes(mlflow_env, tracking_uri):
+def test_a_fold_worker_killed_is_a_one_line_error_and_a_rerun_completes(mlflow_env, tracking_uri, tmp_path):
     name = f"study-{uuid.uuid4().hex[:8]}"
     args = [sys.executable, "-m", "legoexp.sweep", "--study-name", name, "--experiment-name", name,
             "--trials", "3", "--folds", "2", "--seeds", "2", "--epochs", "6"]
-    sweep = subprocess.Popen(args, env=mlflow_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    journal_dir, deadline = _store_dir(tracking_uri), time.time() + 300
-    workers = []
-    while time.time() < deadline and sweep.poll() is None and not workers:  # wait for a trial in training
-        time.sleep(0.2)
-        try:
-            trials = _study(journal_dir, name).get_trials()
-        except KeyError:
-            continue
-        if any(t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials):
-            children = Path(f"/proc/{sweep.pid}/task/{sweep.pid}/children").read_text().split()
-            workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-    assert workers, "no fold worker was seen"
-    os.kill(int(workers[0]), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    sweep = subprocess.Popen(args, env=faults_env(mlflow_env, "fold.train=stop", tmp_path / "held"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = held_at_fault(sweep, tmp_path / "held")  # a fold process, about to train
+    assert worker != sweep.pid and b"spawn_main" in Path(f"/proc/{worker}/cmdline").read_bytes()
+    os.kill(worker, signal.SIGKILL)  # as the kernel's out-of-memory killer would
     out, err = sweep.communicate(timeout=300)
     assert sweep.returncode == 2, err
     assert err.strip().splitlines()[-1] == ("error: a fold-training worker process died (killed, or out of "
@@ -195,24 +184,25 @@ def test_a_fold_worker_killed_is_a_one_line_error_and_a_rerun_completes(mlflow_e
 
     proc = subprocess.run(args, env=mlflow_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    trials = _study(journal_dir, name).get_trials()
+    trials = _study(_store_dir(tracking_uri), name).get_trials()
     assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 3
     assert not any(r.info.status == "RUNNING" for r in _runs(name))
 
 
 def test_a_trial_whose_claim_broke_off_is_failed_only_under_the_claim_lock(tmp_path):
-    from legoexp.study import fail_orphans
+    from legoexp.claims import Watch, fail_orphans
 
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
     study = optuna.create_study(study_name="s", storage=storage)
     study.ask()  # asked for, but its owner never recorded (the storage went away in between)
     seen = []
-    assert fail_orphans(study, storage, seen.append) == 0  # without the lock it may be a claim in progress
+    watch = Watch(interval=3600)
+    assert fail_orphans(study, watch, lambda t, why: seen.append((t.number, why))) == 0  # may be a claim in progress
     assert study.trials[0].state == TrialState.RUNNING
-    assert fail_orphans(study, storage, seen.append, claims_locked=True) == 1
+    assert fail_orphans(study, watch, lambda t, why: seen.append((t.number, why)), claims_locked=True) == 1
     assert study.trials[0].state == TrialState.FAIL
     assert study.trials[0].user_attrs["fail_reason"] == "its claim broke off"
-    assert [t.number for t in seen] == [0]
+    assert seen == [(0, "its claim broke off")]
 
 
 @pytest.mark.slow
@@ -222,10 +212,12 @@ def test_a_trial_run_left_running_after_its_trial_ended_is_ended_by_the_next_swe
     client = MlflowClient()
     stray = next(r for r in _runs(name) if r.data.tags["legoexp.kind"] == "trial")
     client.update_run(stray.info.run_id, status="RUNNING")  # as if its process could not reach the store to end it
+    client.set_tag(stray.info.run_id, "state", "running")
     proc, _ = _sweep(mlflow_env, "--trials", "2", *TINY, study=name)
     assert proc.returncode == 0, proc.stderr
     run = client.get_run(stray.info.run_id)
-    assert run.info.status == "KILLED" and run.data.tags["fail_reason"] == "its process could not end it"
+    assert (run.info.status, run.data.tags["state"]) == (stray.info.status, stray.data.tags["state"])  # as its trial ended
+    assert run.data.metrics == stray.data.metrics
     assert not any(r.info.status == "RUNNING" for r in _runs(name))
 
 
@@ -283,15 +275,18 @@ def test_an_unknown_key_in_a_config_file_is_refused(mlflow_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_jobs_2_with_a_worker_killed_still_fills_the_study_exactly(mlflow_env, tracking_uri):
+def test_jobs_2_with_a_worker_killed_still_fills_the_study_exactly(mlflow_env, tracking_uri, tmp_path):
     name = f"study-{uuid.uuid4().hex[:8]}"
     main = subprocess.Popen([sys.executable, "-m", "legoexp.sweep", "--study-name", name, "--experiment-name", name,
                              "--trials", "8", "--jobs", "2", *TINY[:2], "--seeds", "2", "--epochs", "4"],
-                            env=mlflow_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=faults_env(mlflow_env, "trial.fold=stop", tmp_path / "held"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     journal_dir = _store_dir(tracking_uri)
-    kill_mid_trial(lambda: {int(t.user_attrs["owner"].split(":")[1])  # a worker, not the main process
-                            for t in _study(journal_dir, name).get_trials()
-                            if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs} - {main.pid})
+    held = held_at_fault(main, tmp_path / "held")  # a worker, after its first fold report
+    assert held != main.pid
+    assert any(t.state == TrialState.RUNNING and t.user_attrs["owner"].split(":")[1] == str(held)
+               for t in _study(journal_dir, name).get_trials())
+    os.kill(held, signal.SIGKILL)
     out, err = main.communicate(timeout=600)
     assert main.returncode == 0, err
     trials = _study(journal_dir, name).get_trials()
@@ -307,7 +302,26 @@ def test_jobs_2_with_a_worker_killed_still_fills_the_study_exactly(mlflow_env, t
     assert [r.data.tags["fail_reason"] for r in runs if r.info.status == "KILLED"] == ["its process died"]
 
 
-def test_a_worker_without_a_main_sweep_is_told_to_start_it(mlflow_env):
-    proc, name = _sweep(mlflow_env, "--worker", "--trials", "2", *TINY)
+def test_a_worker_without_a_main_sweep_waits_for_it_then_is_told_to_start_it(mlflow_env):
+    proc, name = _sweep(mlflow_env, "--worker", "--wait", "2", "--trials", "2", *TINY)
     assert proc.returncode == 2
-    assert "has no parent run yet: start the main" in proc.stderr
+    assert "waiting up to 2 s for a main sweep to create the parent run" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: study {name!r} has no parent run after 2 s: start the "
+                                                    "main `python -m legoexp.sweep` (without --worker) too")
+
+
+@pytest.mark.slow
+def test_a_journal_whose_last_record_was_torn_is_repaired_and_the_sweep_resumes(mlflow_env, tracking_uri):
+    proc, name = _sweep(mlflow_env, "--trials", "2", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    journal = _store_dir(tracking_uri) / "optuna.journal"
+    raw = journal.read_bytes()
+    last = raw.rstrip(b"\n").rfind(b"\n") + 1
+    torn = len(raw) - last - (len(raw) - last) // 2
+    journal.write_bytes(raw[:-torn])  # the last record cut in half, as a crash mid-write leaves it
+    proc, _ = _sweep(mlflow_env, "--trials", "3", *TINY, study=name)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{journal}: dropped its last record, {len(raw) - last - torn} bytes cut short" in proc.stderr
+    trials = _study(journal.parent, name).get_trials()  # Optuna reads every record again
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
+    assert journal.read_bytes().endswith(b"\n")
