@@ -127,6 +127,14 @@ class _Batches:
         return self.op(*self.args)
 
 
+@np.errstate(over="ignore", invalid="ignore")  # a diverging fit overflows here; the epoch's loss says so
+def _sgd(weights, grads, scratch, rate: np.float32) -> None:
+    """``sgd_update``'s arithmetic, in place: w - (lr * rescale_grad) * g in float32, bit for bit."""
+    for w, g, tmp in zip(weights, grads, scratch):
+        np.multiply(g, rate, out=tmp)
+        np.subtract(w, tmp, out=w)
+
+
 def train(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
           on_epoch: EpochCallback | None = None) -> TrainResult:
     """Fit the lab's MLP on (images, labels) with ``config``; ``on_epoch(epoch, metrics)`` after each."""
@@ -155,11 +163,7 @@ def train(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
             loss.backward()
             stats.append(batch_stats)
             nd.waitall()  # the gradients are in; nothing reads the weights or the inputs any more
-            # sgd_update's arithmetic, in place: w - (lr * rescale_grad) * g in float32, bit for bit
-            rate = lr * np.float32(1.0 / len(batch))
-            for w, g, tmp in zip(weights, grads, scratch):
-                np.multiply(g, rate, out=tmp)
-                np.subtract(w, tmp, out=w)
+            _sgd(weights, grads, scratch, lr * np.float32(1.0 / len(batch)))
         loss_sum, correct = nd.add_n(*stats).asnumpy().tolist()
         metrics = {"train_loss": loss_sum / n, "train_accuracy": correct / n}
         if not math.isfinite(metrics["train_loss"]):
