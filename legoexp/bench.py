@@ -1,12 +1,15 @@
-"""``python -m legoexp.bench``: legoexp's speed against the lab's loop, a NumPy peer and the hardware.
+"""``python -m legoexp.bench``: legoexp's speed against the lab's loop, a NumPy peer, the hardware and the
+straightforward sweep.
 
 In one run, on the lab's files when given (else the generated set), it measures: the one training
-function (10 epochs, batch 34) and the lab's own loop re-created as the notebook wrote it (Gluon
-DataLoader with ToTensor + Normalize per batch, not hybridized, a metric update per batch); the
-same net and SGD written directly in NumPy; the rate of this net's matmuls and how far the fit
-is from the time that rate implies for its 1.23 MFLOP per sample; three whole baseline runs (the
-first creates the tracking store) and a whole 30-trial sweep, each from process start, with the
-share of the sweep spent in MLflow/Optuna bookkeeping (drawing figures is timed apart); with
+function (10 epochs, batch 34), the lab's own loop and the same net in NumPy at one and at two BLAS
+threads (``legoexp.peers``); the rate of this net's matmuls and how far the fit is from the time
+that rate implies for its 1.23 MFLOP per sample; three whole baseline runs (the first creates the
+tracking store) and a whole 30-trial sweep, each from process start, with the sweep's wall time
+split into its parts (``legoexp.timings``, as logged on its parent run), the share spent in MLflow,
+Optuna and figures (``tracking_share``: their imports, calls, plots, importances, model export) and
+the share spent on anything but training and scoring models (``overhead_share``); with
+``--peer-sweep``, the straightforward sweep from process start and ``sweep_vs_peer``; with
 ``--serve``, latency and throughput of ``mlflow models serve``. Timings are repeated (min and
 median); compare ratios measured in one run, not figures across machines.
 """
@@ -28,68 +31,6 @@ from legoexp.errors import run_main
 
 FLOP_PER_SAMPLE = 1.23e6  # forward 2*(2304*128 + 128*64 + 64*10), weight grads, 2 small input grads
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def lab_loop(images: np.ndarray, labels: np.ndarray, epochs: int = 10, batch_size: int = 34, seed: int = 42):
-    """The notebook's training loop, as written there (its shuffle is NumPy's global generator)."""
-    import mxnet as mx
-    from mxnet import autograd, gluon
-    from mxnet.gluon.data.vision import transforms
-
-    from legoexp.model import build_net
-
-    mx.random.seed(seed)
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(0.13, 0.31)])
-    dataset = gluon.data.ArrayDataset(mx.nd.array(images[..., None], dtype="uint8"), labels.astype("float32"))
-    loader = gluon.data.DataLoader(dataset.transform_first(transform), batch_size=batch_size, shuffle=True)
-    net = build_net()
-    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.04})
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    metric = mx.metric.Accuracy()
-    for _ in range(epochs):
-        metric.reset()
-        for data, label in loader:
-            with autograd.record():
-                output = net(data)
-                loss = loss_fn(output, label)
-            loss.backward()
-            trainer.step(data.shape[0])
-            metric.update(label, output)
-    mx.nd.waitall()
-
-
-def numpy_peer(images: np.ndarray, labels: np.ndarray, epochs: int = 10, batch_size: int = 34,
-               lr: float = 0.04, seed: int = 42) -> float:
-    """The same MLP, data, batch size and SGD in NumPy (forward, backward, update); returns the last loss."""
-    rng = np.random.default_rng(seed)
-    x = ((images.reshape(len(images), -1).astype(np.float32) / 255 - 0.13) / 0.31).astype(np.float32)
-    sizes = [(2304, 128), (128, 64), (64, 10)]
-    ws = [rng.uniform(-1, 1, s).astype(np.float32) * np.float32(np.sqrt(6 / sum(s))) for s in sizes]
-    bs = [np.zeros(s[1], np.float32) for s in sizes]
-    loss = 0.0
-    for _ in range(epochs):
-        order = rng.permutation(len(x))
-        for start in range(0, len(x), batch_size):
-            idx = order[start:start + batch_size]
-            xb, yb, m = x[idx], labels[idx], len(idx)
-            h1 = xb @ ws[0] + bs[0]
-            a1 = np.maximum(h1, 0)
-            h2 = a1 @ ws[1] + bs[1]
-            a2 = np.maximum(h2, 0)
-            z = a2 @ ws[2] + bs[2]
-            z -= z.max(axis=1, keepdims=True)
-            p = np.exp(z)
-            p /= p.sum(axis=1, keepdims=True)
-            loss = float(-np.log(p[np.arange(m), yb]).mean())
-            dz = p
-            dz[np.arange(m), yb] -= 1
-            dz /= m
-            dh2 = (dz @ ws[2].T) * (h2 > 0)
-            dh1 = (dh2 @ ws[1].T) * (h1 > 0)
-            for w, b, a, d in ((ws[2], bs[2], a2, dz), (ws[1], bs[1], a1, dh2), (ws[0], bs[0], xb, dh1)):
-                w -= lr * (a.T @ d)
-                b -= lr * d.sum(axis=0)
-    return loss
 
 
 def matmul_gflops(batch: int = 34, repeat: int = 200) -> dict:
@@ -144,43 +85,82 @@ def _command_wall(args: list[str], env: dict, cwd) -> tuple[float, subprocess.Co
 
 
 def whole_runs(data: str, trials: int, store: str, sweep_options: list[str], baselines: int = 3
-               ) -> tuple[dict, dict, dict, str]:
+               ) -> tuple[dict, dict, dict, dict, str]:
     """``baselines`` baseline runs (`mlflow run --env-manager local`), then a sweep, each from process
     start, on a store created in ``store`` by the first baseline; returns the repeated rows, the
-    single rows, the environment used, and the challenger's model URI."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_RUN_ID", None)
+    single rows, the sweep's breakdown, the environment used, and the challenger's model URI."""
+    env = _store_env(store)
     baseline = [_command_wall([sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "baseline",
                                "--env-manager", "local", "-P", f"data={data}"], env, store)[0]
                 for _ in range(baselines)]
-    sweep_s, proc = _command_wall([sys.executable, "-m", "legoexp.bench", "--sweep-probe", "--data", data,
-                                   "--trials", str(trials), *sweep_options], env, store)
+    # -X importtime: what loading MLflow, Optuna and matplotlib cost, where the sweep loads them
+    sweep_s, proc = _command_wall([sys.executable, "-X", "importtime", "-m", "legoexp.bench", "--sweep-probe",
+                                   "--data", data, "--trials", str(trials), *sweep_options], env, store)
     probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    imports_s = _import_seconds(proc.stderr, TRACKING_PACKAGES)
     uri = subprocess.run([sys.executable, "-c", "import mlflow; c = mlflow.MlflowClient(); "
                           "print(c.get_model_version_by_alias('lego-classifier', 'challenger').source)"],
                          env=env, capture_output=True, text=True, check=True).stdout.strip()
+    parts = probe["parts"] | {"exit": max(0.0, sweep_s - sum(probe["parts"].values()))}
+    training = sum(v for k, v in parts.items() if k.endswith("_training"))
     repeated = {"baseline_wall_s": {"best": min(baseline), "median": statistics.median(baseline)}}
     singles = {"baseline_new_store_wall_s": baseline[0], "sweep_wall_s": sweep_s,
-               "tracking_share": probe["bookkeeping_s"] / sweep_s, "sweep_figures_s": probe["figures_s"]}
-    return repeated, singles, env, uri
+               "tracking_share": (probe["tracking_s"] + imports_s) / sweep_s,
+               "overhead_share": 1 - training / sweep_s, "sweep_figures_s": parts.get("figures", 0.0),
+               "sweep_tracking_imports_s": imports_s}
+    return repeated, singles, parts, env, uri
+
+
+def _store_env(store: str) -> dict:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+TRACKING_PACKAGES = ("mlflow", "optuna", "matplotlib")
+
+
+def _import_seconds(importtime_log: str, packages) -> float:
+    """Seconds the first import of each of ``packages`` took (with all it imported), from -X importtime."""
+    total = 0.0
+    for line in importtime_log.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            _, cumulative, name = line[len("import time:"):].split("|")
+            if name.strip() in packages:  # each package's own line: a first import is logged once
+                total += int(cumulative) / 1e6
+    return total
+
+
+def peer_sweep(data: str, trials: int, sweep_options: list[str]) -> float:
+    """Wall time of `python -m legoexp.peers` from process start, with the sweep's folds, epochs and
+    seed, into a new tracking store of its own."""
+    from legoexp import config, sweep
+
+    ns = sweep.parse_args(["--data", data, "--trials", str(trials), *sweep_options])
+    cfg = config.resolve("sweep", sweep.SETTINGS, ns.config, {k: getattr(ns, k) for k in sweep.SETTINGS})
+    with tempfile.TemporaryDirectory() as store:
+        return _command_wall([sys.executable, "-m", "legoexp.peers", "--data", data, "--trials", str(trials),
+                              "--folds", str(cfg["folds"]), "--epochs", str(cfg["epochs"]), "--seed", str(cfg["seed"])],
+                             _store_env(store), store)[0]
 
 
 def sweep_probe(argv: list[str]) -> None:
-    """Run the sweep in this process, timing every MLflow and Optuna bookkeeping call (outermost only)."""
+    """Run the sweep in this process; print its laps and the time inside MLflow, Optuna and figure
+    calls (outermost only): the tracking API, the study, trials and pruner, storage, sampler, the
+    study's plots and importances, legoexp's tracking, registry and plotting code, model export."""
     import functools
+    import threading
 
-    import mlflow
-    import optuna
-    from matplotlib.figure import Figure
+    from legoexp import timings
 
-    spent = [0.0]
-    rendering = [0.0]  # drawing figures inside mlflow.log_figure: the study's output, not bookkeeping
-    depth = [0]
+    spent, depth = [0.0], [0]
 
     def timed(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            if threading.current_thread() is not threading.main_thread():  # heartbeats: beside the wall time
+                return fn(*args, **kwargs)
             depth[0] += 1
             t = time.perf_counter()
             try:
@@ -191,35 +171,43 @@ def sweep_probe(argv: list[str]) -> None:
                     spent[0] += time.perf_counter() - t
         return wrapper
 
-    savefig = Figure.savefig
-
-    def timed_savefig(self, *args, **kwargs):
-        t = time.perf_counter()
-        try:
-            return savefig(self, *args, **kwargs)
-        finally:
-            rendering[0] += time.perf_counter() - t
-
-    Figure.savefig = timed_savefig
-
     def patch(owner, names=None):
         for name in names or [n for n in vars(owner) if not n.startswith("_")]:
-            if callable(getattr(owner, name, None)) and not isinstance(getattr(owner, name), type):
-                setattr(owner, name, timed(getattr(owner, name)))
+            value = vars(owner).get(name)
+            if callable(value) and not isinstance(value, type):
+                setattr(owner, name, timed(value))
 
-    patch(mlflow.MlflowClient)
-    patch(mlflow, ["log_figure", "register_model", "start_run", "set_experiment", "log_input"])
-    patch(mlflow.pyfunc, ["log_model"])
-    patch(optuna.storages.JournalStorage)
-    patch(optuna.storages.RDBStorage)
-    patch(optuna.samplers.TPESampler, ["sample_relative", "sample_independent", "infer_relative_search_space"])
-    patch(optuna.Study, ["enqueue_trial", "set_user_attr"])
+    def patch_all():
+        import mlflow
+        import optuna
+
+        from legoexp import claims, evidence, plots, registry, report, storage, study, tracking
+
+        patch(mlflow.MlflowClient)
+        patch(mlflow, ["log_figure", "register_model", "start_run", "set_experiment", "log_input"])
+        patch(mlflow.pyfunc, ["log_model"])
+        for owner in (optuna.Study, optuna.Trial, optuna.storages.JournalStorage, optuna.storages.RDBStorage,
+                      optuna.samplers.TPESampler, optuna.pruners.WilcoxonPruner, tracking, registry, study, plots,
+                      claims, storage):
+            patch(owner)
+        patch(report, ["log_study"])  # not compare_and_register: it trains
+        patch(evidence, ["log_comparison", "read_comparison"])
+
+    lap = timings.lap
+
+    def lap_and_patch(name):  # patched once the sweep has imported all: imports are timed by -X importtime
+        if name == "startup":
+            patch_all()
+        lap(name)
+
+    timings.lap = lap_and_patch
     from legoexp import sweep
 
     try:
         sweep.main(argv)
     finally:
-        print(json.dumps({"bookkeeping_s": spent[0] - rendering[0], "figures_s": rendering[0]}))
+        lap("end")
+        print(json.dumps({"tracking_s": spent[0], "parts": timings.parts()}))
 
 
 def serve(model_uri: str, env: dict, cwd: str, images: np.ndarray) -> dict:
@@ -275,6 +263,8 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=30, help="trials of the timed sweep (default 30)")
     p.add_argument("--fits-only", action="store_true", help="skip the whole baseline and sweep runs")
     p.add_argument("--serve", action="store_true", help="also time `mlflow models serve` of the sweep's model")
+    p.add_argument("--peer-sweep", action="store_true", help="also time the straightforward sweep "
+                   "(`python -m legoexp.peers`: about 3 minutes on the lab's files) and give sweep_vs_peer")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--sweep-probe", action="store_true", help=argparse.SUPPRESS)
     args, rest = p.parse_known_args(argv)
@@ -287,6 +277,7 @@ def main(argv=None) -> int:
         p.error(f"unrecognized arguments: {' '.join(rest)} (options for the sweep go after --)")
 
     from legoexp.data import load_split, open_source
+    from legoexp.peers import lab_loop, numpy_peer
     from legoexp.train import TrainConfig, train
 
     load_before = os.getloadavg()[0]
@@ -294,24 +285,31 @@ def main(argv=None) -> int:
     samples = 10 * len(split)
     fit = _times(lambda: train(TrainConfig(), split.images, split.labels), args.repeat)
     lab = _times(lambda: lab_loop(split.images, split.labels), args.repeat)
-    with threadpool_limits(1):  # at batch 34 a second BLAS thread only adds contention
-        peer = _times(lambda: numpy_peer(split.images, split.labels), args.repeat)
+    peers = {}
+    for threads in (1, 2):
+        with threadpool_limits(threads):
+            peers[threads] = _times(lambda: numpy_peer(split.images, split.labels), args.repeat)
     rates = matmul_gflops()
     gflops = max(rates.values())
     rows = {"fit_samples_per_s": _rate(fit, samples), "lab_loop_samples_per_s": _rate(lab, samples),
-            "numpy_peer_samples_per_s": _rate(peer, samples)}
-    rows["speedup_vs_lab"] = {k: rows["fit_samples_per_s"][k] / rows["lab_loop_samples_per_s"][k] for k in ("best", "median")}
-    rows["vs_numpy_peer"] = {k: rows["fit_samples_per_s"][k] / rows["numpy_peer_samples_per_s"][k] for k in ("best", "median")}
+            "numpy_peer_samples_per_s": _rate(peers[1], samples),
+            "numpy_peer_2threads_samples_per_s": _rate(peers[2], samples)}
+    rows["speedup_vs_lab"] = _ratio(rows["fit_samples_per_s"], rows["lab_loop_samples_per_s"])
+    faster = max(rows["numpy_peer_samples_per_s"], rows["numpy_peer_2threads_samples_per_s"], key=lambda r: r["best"])
+    rows["vs_numpy_peer"] = _ratio(rows["fit_samples_per_s"], faster)
     bound_s = samples * FLOP_PER_SAMPLE / (gflops * 1e9)
     rows["matmul_gflops"] = {"best": gflops, "median": gflops}
     rows["bound_ratio"] = {"best": min(fit) / bound_s, "median": statistics.median(fit) / bound_s}
-    singles = {}
+    singles, parts = {}, {}
     if not args.fits_only:
         with tempfile.TemporaryDirectory() as store:
-            repeated, singles, env, model_uri = whole_runs(args.data, args.trials, store, rest)
+            repeated, singles, parts, env, model_uri = whole_runs(args.data, args.trials, store, rest)
             rows |= repeated
             if args.serve:
                 singles |= serve(model_uri, env, store, load_split(open_source(args.data), "test").images)
+        if args.peer_sweep:
+            singles["peer_sweep_wall_s"] = peer_sweep(args.data, args.trials, rest)
+            singles["sweep_vs_peer"] = singles["peer_sweep_wall_s"] / singles["sweep_wall_s"]
 
     machine = _machine(load_before)
     print(f"machine: {machine['cores']} cores, load average {machine['load_before']:.1f} at the start and "
@@ -319,16 +317,47 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()))
     print(f"data: {split.where}, {len(split)} images, 10 epochs at batch 34, {args.repeat} repetitions; "
           f"matmul rate used for the bound: {gflops:.1f} GFLOP/s, the faster of NumPy (1 thread) "
-          f"{rates['numpy']:.1f} and MXNet FullyConnected {rates['mxnet']:.1f}, this net's shapes at batch 34")
-    print(f"{'':26}{'best':>10}{'median':>10}")
+          f"{rates['numpy']:.1f} and MXNet FullyConnected {rates['mxnet']:.1f}, this net's shapes at batch 34; "
+          f"vs_numpy_peer is against the faster NumPy peer "
+          f"({'2 threads' if faster is rows['numpy_peer_2threads_samples_per_s'] else '1 thread'})")
+    print(f"{'':34}{'best':>10}{'median':>10}")
     for name, row in rows.items():
-        print(f"{name:26}{row['best']:>10.2f}{row['median']:>10.2f}")
+        print(f"{name:34}{row['best']:>10.2f}{row['median']:>10.2f}")
     for name, value in singles.items():
-        print(f"{name:26}{value:>10.2f}")
+        print(f"{name:34}{value:>10.2f}")
+    if parts:
+        print("the sweep's wall time from process start (s; also logged on its parent run as time_<part>_s):")
+        for name, value in parts.items():
+            print(f"  {PART_NAMES.get(name, name):60}{value:>8.2f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**rows, **singles, "machine": machine}, f, indent=2)
+        _write_json(args.json, {**rows, **singles, "sweep_parts_s": parts, "machine": machine})
     return 0
+
+
+PART_NAMES = {
+    "startup": "startup: imports, data, fold workers started",
+    "setup": "setup: tracking store, study, parent run",
+    "search_training": "search: waiting for folds to train",
+    "search_bookkeeping": "search: trial runs, asks and tells, pruning",
+    "figures": "figures: the study's plots and importances, logged",
+    "comparison_training": "comparison: fits and test scores (5 seeds x 2)",
+    "comparison_bookkeeping": "comparison: the rest",
+    "models": "models: comparison run, model logging, registration",
+    "end": "end: parent run ended, fold workers stopped",
+    "exit": "exit: interpreter shutdown",
+}
+
+
+def _ratio(a: dict, b: dict) -> dict:
+    return {k: a[k] / b[k] for k in ("best", "median")}
+
+
+def _write_json(path: str, results: dict) -> None:
+    """All or nothing: a reader never sees half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

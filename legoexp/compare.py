@@ -4,15 +4,18 @@ Both configurations are trained with each of S seeds by the one training functio
 once on the test split; the per-seed accuracies are paired by seed and summarised by
 ``stats.paired_comparison`` (means with 95% CIs, the paired difference, a paired t-test). The
 model kept for each configuration is the one of its median seed, so what gets registered is a
-typical fit, not the luckiest. Nothing here knows about MLflow or Optuna.
+typical fit, not the luckiest. The fits can run elsewhere (``fit``: the sweep's fold workers, all
+of them at once); they give the same networks wherever they run. Nothing here knows about MLflow
+or Optuna.
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from legoexp import timings
 from legoexp.evaluate import evaluate
 from legoexp.stats import PairedResult, paired_comparison
 from legoexp.train import TrainConfig, train
@@ -40,23 +43,37 @@ class Comparison:
     result: PairedResult
 
 
+Fit = Callable[[list[TrainConfig]], Iterable]  # configs -> their trained networks, in order
+
+
 def run_arm(name: str, config: TrainConfig, seeds: list[int], train_split, test_split,
-            progress: Callable[[str], None] | None = None) -> Arm:
-    arm = Arm(name, config, [], [])
-    for seed in seeds:
-        fit = train(replace(config, seed=seed), train_split.images, train_split.labels)
-        arm.accuracies.append(evaluate(fit.net, test_split.images, test_split.labels).accuracy)
-        arm.nets.append(fit.net)
-        if progress:
-            progress(f"{name} seed {seed}: test_accuracy {arm.accuracies[-1]:.4f}")
-    return arm
+            progress: Callable[[str], None] | None = None, fit: Fit | None = None) -> Arm:
+    return _run_arms({name: config}, seeds, train_split, test_split, progress, fit)[0]
 
 
 def compare(baseline: TrainConfig, best: TrainConfig, seeds: list[int], train_split, test_split,
-            progress: Callable[[str], None] | None = None) -> Comparison:
-    a = run_arm("baseline", baseline, seeds, train_split, test_split, progress)
-    b = run_arm("best", best, seeds, train_split, test_split, progress)
+            progress: Callable[[str], None] | None = None, fit: Fit | None = None) -> Comparison:
+    a, b = _run_arms({"baseline": baseline, "best": best}, seeds, train_split, test_split, progress, fit)
     return Comparison(seeds, a, b, paired_comparison(a.accuracies, b.accuracies))
+
+
+def _run_arms(configs: dict[str, TrainConfig], seeds, train_split, test_split, progress, fit) -> list[Arm]:
+    """Every (config, seed) fit handed to ``fit`` at once (default: trained here, one by one)."""
+    arms = [Arm(name, config, [], []) for name, config in configs.items()]
+    runs = [replace(arm.config, seed=seed) for arm in arms for seed in seeds]
+    if fit is None:
+        nets = (train(c, train_split.images, train_split.labels).net for c in runs)
+    else:
+        nets = iter(fit(runs))
+    for arm in arms:
+        for seed in seeds:
+            with timings.training():
+                net = next(nets)
+                arm.accuracies.append(evaluate(net, test_split.images, test_split.labels).accuracy)
+            arm.nets.append(net)
+            if progress:
+                progress(f"{arm.name} seed {seed}: test_accuracy {arm.accuracies[-1]:.4f}")
+    return arms
 
 
 def summary_metrics(result: PairedResult, name_a: str = "baseline", name_b: str = "best") -> dict[str, float]:

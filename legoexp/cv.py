@@ -3,10 +3,16 @@
 ``fold_indices`` fixes the stratified folds of a sweep (the same for every trial, so the pruner
 compares trials fold by fold). ``FoldRunner`` trains and scores folds with the one training
 function, in up to ``processes`` worker processes that each hold the training split; it yields
-the folds' accuracies in fold order, keeping at most one fold per worker in flight so that a
-pruned trial wastes little. A fold's numbers do not depend on the process that computed it.
+the folds' accuracies in fold order, one round of folds (one per worker) at a time, so that a
+pruned trial wastes little. Its workers start (and load MXNet) as soon as it is made, and they
+also train the comparison's fits on the whole training split (``fits``). A fold's or a fit's
+numbers do not depend on the process that computed it.
 """
 
+from __future__ import annotations
+
+import gc
+import importlib
 import multiprocessing
 import os
 import tempfile
@@ -14,16 +20,21 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
 
-from legoexp.train import TrainConfig
+from legoexp import timings
+
+if TYPE_CHECKING:  # a worker sets MXNet up before it first loads it: see _init_worker
+    from legoexp.train import TrainConfig
 
 _split: tuple[np.ndarray, np.ndarray] | None = None  # the training split, in each worker
 
 
 def fold_indices(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import StratifiedKFold  # here: the workers never need scikit-learn
+
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(labels)), labels))
 
@@ -42,6 +53,26 @@ def _init_worker(path: str, parent: int) -> None:
     _die_with(parent)
     with np.load(path) as saved:
         _split = (saved["images"], saved["labels"])
+    # ``train`` waits for every step (its updates are NumPy's), so MXNet's engine thread only adds a
+    # hand-over per step, which costs most when the cores are busy: here they are, with one worker
+    # per core, so each runs its operators itself, on one OpenMP thread. Same operators, same numbers.
+    os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    importlib.import_module("legoexp.evaluate")  # MXNet loads now, while the sweep sets up, not on the first fold
+    _quietly(lambda: importlib.import_module("mxnet").nd.waitall())  # the engine starts, and logs that it did
+    gc.freeze()  # what is loaded stays: the collector need not look at it again, nor at exit (~1 s)
+
+
+def _quietly(fn) -> None:
+    """Run ``fn`` with this process's stderr (the file descriptor) sent to /dev/null."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        fn()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _die_with(parent: int) -> None:
@@ -67,6 +98,32 @@ def _worker_fold(config, fit_idx, val_idx) -> float:
 
     faults.point("fold.train")
     return fold_accuracy(config, *_split, fit_idx, val_idx)
+
+
+def _worker_fit(config) -> list[np.ndarray]:
+    from legoexp.train import train
+
+    return [p.data().asnumpy() for p in train(config, *_split).net.collect_params().values()]
+
+
+def _started() -> None:
+    """A first task for each worker: spawns it now (the pool starts workers on demand)."""
+
+
+def _net(config: TrainConfig, weights: list[np.ndarray]):
+    from mxnet import nd
+
+    from legoexp.model import build_net
+
+    net = build_net(config.hidden1, config.hidden2)
+    for param, value in zip(net.collect_params().values(), weights):
+        param.set_data(nd.array(value, dtype=value.dtype))
+    return net
+
+
+def worker_count(folds: int, jobs: int) -> int:
+    """Fold workers for one of ``jobs`` sweep processes on this machine: its share of the cores."""
+    return min(folds, max(1, len(os.sched_getaffinity(0)) // jobs))
 
 
 def _folds_dir_prefix() -> str:
@@ -116,24 +173,52 @@ class FoldRunner:
             self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_init_worker, initargs=(path, os.getpid()))
             self.processes = processes
+            for _ in range(processes):
+                self.pool.submit(_started)
 
     def accuracies(self, config: TrainConfig, folds) -> Iterator[float]:
-        """Each fold's validation accuracy, in fold order; stop iterating to cancel the rest."""
+        """Each fold's validation accuracy, in fold order; stop iterating to cancel the rest.
+
+        Folds go to the workers in rounds of one per worker, the first at once (before the first
+        accuracy is asked for), the next when the caller asks past the current round: a trial
+        pruned on what a round showed never starts the next round (the pool cannot stop a fold
+        once it runs)."""
         if self.pool is None:
-            for fit_idx, val_idx in folds:
-                yield fold_accuracy(config, self.images, self.labels, fit_idx, val_idx)
-            return
-        pending = [self.pool.submit(_worker_fold, config, *f) for f in folds[:self.processes]]
-        queued = list(folds[self.processes:])
+            return self._here(config, folds)
+        return self._rounds(config, list(folds), self._submit(config, folds[:self.processes]))
+
+    def _submit(self, config: TrainConfig, folds) -> list:
+        return [self.pool.submit(_worker_fold, config, *f) for f in folds]
+
+    def _here(self, config: TrainConfig, folds) -> Iterator[float]:
+        for fit_idx, val_idx in folds:
+            with timings.training():
+                accuracy = fold_accuracy(config, self.images, self.labels, fit_idx, val_idx)
+            yield accuracy
+
+    def _rounds(self, config: TrainConfig, folds: list, pending: list) -> Iterator[float]:
+        submitted = len(pending)
         try:
             while pending:
-                accuracy = pending.pop(0).result()
-                if queued:
-                    pending.append(self.pool.submit(_worker_fold, config, *queued.pop(0)))
+                with timings.training():
+                    accuracy = pending.pop(0).result()
                 yield accuracy
+                if not pending and submitted < len(folds):
+                    pending = self._submit(config, folds[submitted:submitted + self.processes])
+                    submitted += len(pending)
         finally:
-            for future in pending:  # a pruned trial: drop what is still queued
+            for future in pending:  # stopped early: drop what has not started
                 future.cancel()
+
+    def fits(self, configs: list[TrainConfig]) -> Iterator:
+        """The networks ``train`` fits on the whole training split for each config, in order; all
+        of them handed to the workers at once."""
+        if self.pool is None:
+            from legoexp.train import train
+
+            return (train(c, self.images, self.labels).net for c in configs)
+        futures = [self.pool.submit(_worker_fit, c) for c in configs]
+        return (_net(c, f.result()) for c, f in zip(configs, futures))
 
     def close(self) -> None:
         if self.pool is not None:

@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 from optuna.trial import TrialState
 
-from legoexp import faults, plots, progress, registry, tracking
+from legoexp import faults, plots, progress, registry, timings, tracking
 from legoexp import study as studies
 from legoexp.compare import compare
 from legoexp.evidence import log_comparison, read_comparison, seeds_text
@@ -66,7 +66,8 @@ def compare_and_register(search, test_split, quiet: bool = False) -> None:
         print(f"comparing baseline and best (trial {best_trial.number}) over seeds {seeds} on the test split",
               file=sys.stderr)
         comparison = compare(search.baseline, best, seeds, search.train_split, test_split,
-                             progress=progress.Fits(2 * len(seeds), quiet))
+                             progress=progress.Fits(2 * len(seeds), quiet), fit=search.runner.fits)
+        timings.lap("comparison")
         faults.point("report.compared")
         tags = {"mlflow.parentRunId": search.parent_id, "legoexp.study": search.cfg["study_name"]}
         params = {"best_trial": best_trial.number, "data_digest": search.train_split.digest,
@@ -80,6 +81,7 @@ def compare_and_register(search, test_split, quiet: bool = False) -> None:
     print("\n" + result.as_table() + "\n" + result.verdict())
     _register(search, run, arms, seeds, result, best_trial)
     search.client.set_tag(search.parent_id, "compared_trial", str(best_trial.number))
+    timings.lap("models")
 
 
 def _study_comparisons(search, where: str) -> list:

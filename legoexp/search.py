@@ -33,7 +33,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 class Search:
-    def __init__(self, cfg, space, baseline: TrainConfig, source, train_split, storage, storage_label, lock):
+    def __init__(self, cfg, space, baseline: TrainConfig, source, train_split, storage, storage_label, lock, runner):
         """Load or create the study; call it holding ``lock``, the study's lock (``storage.StudyLock``)."""
         self.cfg, self.space, self.baseline = cfg, space, baseline
         self.source, self.train_split, self.storage, self.lock = source, train_split, storage, lock
@@ -55,8 +55,7 @@ class Search:
             raise ConfigError(f"study {cfg['study_name']!r} was run with {changed}: rerun it with the same "
                               "settings, or start a new study with another --study-name")
         self.folds = cv.fold_indices(train_split.labels, cfg["folds"], cfg["seed"])
-        cores_each = max(1, len(os.sched_getaffinity(0)) // cfg["jobs"])
-        self.runner = cv.FoldRunner(train_split.images, train_split.labels, processes=min(cfg["folds"], cores_each))
+        self.runner = runner  # a cv.FoldRunner
         self.params = {"study_name": cfg["study_name"], "storage": storage_label, "folds": cfg["folds"],
                        "sampler": "TPESampler(multivariate, constant_liar, seed)",
                        "pruner": "WilcoxonPruner(p_threshold=0.1)", "search_space": str(space)}
@@ -222,6 +221,7 @@ class Search:
         is dropped, so nothing is counted twice."""
         faults.point("trial.claimed")
         config = TrainConfig(epochs=self.cfg["epochs"], seed=self.cfg["seed"], **studies.suggest(trial, self.space))
+        fold_results = self.runner.accuracies(config, self.folds)  # the workers start now, while we log
         run_id = self.client.create_run(
             self.experiment_id, run_name=f"trial-{trial.number:03d}",
             tags={"mlflow.parentRunId": self.parent_id, "legoexp.kind": "trial", "legoexp.study":
@@ -234,7 +234,7 @@ class Search:
         try:
             with claims.Heartbeat(self.storage, trial._trial_id, self.cfg["heartbeat"]):
                 try:
-                    self._score(trial, config, accuracies)
+                    self._score(trial, fold_results, accuracies)
                 except optuna.TrialPruned:
                     state = TrialState.PRUNED
                 except Diverged as e:
@@ -270,9 +270,9 @@ class Search:
         except Exception:
             return False
 
-    def _score(self, trial: optuna.Trial, config: TrainConfig, accuracies: list[float]) -> None:
-        """Cross-validate ``config``, appending each fold's accuracy and reporting it to the pruner."""
-        with contextlib.closing(self.runner.accuracies(config, self.folds)) as fold_results:
+    def _score(self, trial: optuna.Trial, fold_results, accuracies: list[float]) -> None:
+        """Take each fold's accuracy from ``fold_results``, append it and report it to the pruner."""
+        with contextlib.closing(fold_results):
             for k, accuracy in enumerate(fold_results):
                 accuracies.append(accuracy)
                 trial.report(accuracy, k)

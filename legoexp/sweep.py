@@ -98,24 +98,34 @@ def main(argv=None) -> int:
         raise ConfigError(f"folds={cfg['folds']}: the smallest class of {train_split.where} has only "
                           f"{smallest} images; expected folds <= {smallest}")
 
+    from legoexp import cv, timings
+
+    # started first: its workers load MXNet while this process loads MLflow and sets up
+    runner = cv.FoldRunner(train_split.images, train_split.labels, cv.worker_count(cfg["folds"], cfg["jobs"]))
+
     import mlflow
 
     from legoexp import faults, report, rights, tracking, workers
     from legoexp.search import Search
     from legoexp.storage import StudyLock, open_storage, storage_label
 
-    # the rights it needs on the tracking server: refused now, not when registering after the search
-    rights.check_sweep(cfg["experiment_name"], None if args.worker else cfg["model_name"])
-    store_dir = tracking.store_directory()
-    lock = StudyLock(cfg["storage"], store_dir, cfg["heartbeat"])
-    # processes started at the same instant set up one at a time: one schema, study, experiment, parent run
-    with lock(first=True):
-        storage = open_storage(cfg["storage"], store_dir, cfg["heartbeat"])  # a bad URL fails before anything is created
-        tracking.use_experiment(cfg["experiment_name"])
-        search = Search(cfg, space, baseline, source, train_split, storage,
-                        storage_label=storage_label(cfg["storage"], store_dir), lock=lock)
-        if not args.worker:
-            search.open_parent()
+    timings.lap("startup")
+    try:
+        # the rights it needs on the tracking server: refused now, not when registering after the search
+        rights.check_sweep(cfg["experiment_name"], None if args.worker else cfg["model_name"])
+        store_dir = tracking.store_directory()
+        lock = StudyLock(cfg["storage"], store_dir, cfg["heartbeat"])
+        # processes started at the same instant set up one at a time: one schema, study, experiment, parent run
+        with lock(first=True):
+            storage = open_storage(cfg["storage"], store_dir, cfg["heartbeat"])  # a bad URL fails before anything is created
+            tracking.use_experiment(cfg["experiment_name"])
+            search = Search(cfg, space, baseline, source, train_split, storage,
+                            storage_label=storage_label(cfg["storage"], store_dir), lock=lock, runner=runner)
+            if not args.worker:
+                search.open_parent()
+    except BaseException:
+        runner.close()
+        raise
     if args.worker:
         with contextlib.closing(search.runner):
             search.join(args.parent_run_id)
@@ -126,15 +136,19 @@ def main(argv=None) -> int:
                 search.work()
         return 0
     with search.parent_run():
+        timings.lap("setup")
         search.run(cfg["jobs"], workers.worker_command(cfg, SETTINGS), quiet=args.quiet)
+        timings.lap("search")
         faults.point("search.done")
         with lock():  # one of the sweeps sharing the study reports; the others find it done
             report.log_study(search)
+            timings.lap("figures")
             if report.needs_comparison(search):
                 # the first read of the test split
                 report.compare_and_register(search, load_split(source, "test"), quiet=args.quiet)
             else:
                 print("the best trial was already compared and registered; nothing left to do", file=sys.stderr)
+            tracking.log_metrics(search.parent_id, timings.metrics())  # where this run's seconds went
     print(f"done in {time.perf_counter() - started:.1f} s; see it: mlflow ui --backend-store-uri "
           f"{mlflow.get_tracking_uri()}  then open {search.parent_url}", file=sys.stderr)
     return 0

@@ -11,21 +11,39 @@ from conftest import run_module
 @pytest.mark.slow
 def test_the_benchmark_reports_every_row_and_writes_json(mlflow_env, tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_module("legoexp.bench", "--data", "synthetic", "--repeat", "2", "--trials", "2", "--json", out,
-                      "--", "--folds", "2", "--seeds", "2", "--epochs", "2", env=mlflow_env, timeout=900)
+    proc = run_module("legoexp.bench", "--data", "synthetic", "--repeat", "2", "--trials", "2", "--peer-sweep",
+                      "--json", out, "--", "--folds", "2", "--seeds", "2", "--epochs", "2", env=mlflow_env, timeout=900)
     assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("bench.json")] == ["bench.json"]  # no temp file
     rows = json.loads(out.read_text())
-    for name in ("fit_samples_per_s", "lab_loop_samples_per_s", "numpy_peer_samples_per_s", "speedup_vs_lab",
-                 "vs_numpy_peer", "matmul_gflops", "bound_ratio", "baseline_wall_s"):
+    for name in ("fit_samples_per_s", "lab_loop_samples_per_s", "numpy_peer_samples_per_s",
+                 "numpy_peer_2threads_samples_per_s", "speedup_vs_lab", "vs_numpy_peer", "matmul_gflops",
+                 "bound_ratio", "baseline_wall_s"):
         assert rows[name]["best"] > 0 and rows[name]["median"] > 0, name
         assert name in proc.stdout
     fit, lab = rows["fit_samples_per_s"], rows["lab_loop_samples_per_s"]
     assert rows["speedup_vs_lab"]["best"] == pytest.approx(fit["best"] / lab["best"])
+    faster = max(rows["numpy_peer_samples_per_s"]["best"], rows["numpy_peer_2threads_samples_per_s"]["best"])
+    assert rows["vs_numpy_peer"]["best"] == pytest.approx(fit["best"] / faster)
     assert rows["baseline_wall_s"]["best"] <= rows["baseline_wall_s"]["median"]
-    assert 0 < rows["tracking_share"] < 1
-    assert 0 < rows["sweep_figures_s"] < rows["sweep_wall_s"]
     assert rows["baseline_new_store_wall_s"] >= rows["baseline_wall_s"]["best"]
     assert "GFLOP/s" in proc.stdout
+
+    # the sweep's wall time, split into parts that add up to it; the shares count everything
+    parts = rows["sweep_parts_s"]
+    assert {"startup", "setup", "search_training", "search_bookkeeping", "figures", "comparison_training",
+            "models", "end", "exit"} <= set(parts)
+    assert all(v >= 0 for v in parts.values())
+    assert sum(parts.values()) == pytest.approx(rows["sweep_wall_s"], rel=0.01)
+    training = parts["search_training"] + parts["comparison_training"]
+    assert rows["overhead_share"] == pytest.approx(1 - training / rows["sweep_wall_s"])
+    assert 0 < rows["tracking_share"] < rows["overhead_share"] < 1
+    assert 0 < rows["sweep_tracking_imports_s"] < parts["startup"]
+    assert rows["sweep_figures_s"] == parts["figures"]
+    assert "search: waiting for folds to train" in proc.stdout
+
+    assert rows["peer_sweep_wall_s"] > 0
+    assert rows["sweep_vs_peer"] == pytest.approx(rows["peer_sweep_wall_s"] / rows["sweep_wall_s"])
     assert rows["machine"]["cores"] >= 1 and set(rows["machine"]["versions"]) == {"mxnet", "numpy", "mlflow", "optuna"}
 
 

@@ -78,6 +78,8 @@ def test_a_small_sweep_logs_parent_trials_comparison_and_registers(mlflow_env, t
     assert {"plots/optimization_history.png", "plots/param_importances.png", "plots/parallel_coordinate.png",
             "plots/slice.png", "plots/expected_best_val_accuracy.png"} <= parent_plots
     assert "val_accuracy" in parent.data.metrics and "best_hidden1" in parent.data.tags
+    assert {"time_startup_s", "time_search_training_s", "time_models_s", "time_total_s", "overhead_share"} \
+        <= set(parent.data.metrics)  # where the sweep's seconds went
 
     comparison = next(r for r in runs if r.data.tags["legoexp.kind"] == "comparison")
     assert comparison.data.tags["test"] == "paired t-test"
