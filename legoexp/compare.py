@@ -57,10 +57,15 @@ def compare(baseline: TrainConfig, best: TrainConfig, seeds: list[int], train_sp
     return Comparison(seeds, a, b, paired_comparison(a.accuracies, b.accuracies))
 
 
+def fit_configs(configs: Iterable[TrainConfig], seeds: list[int]) -> list[TrainConfig]:
+    """The fits of a comparison of ``configs`` over ``seeds``, in the order it trains them."""
+    return [replace(config, seed=seed) for config in configs for seed in seeds]
+
+
 def _run_arms(configs: dict[str, TrainConfig], seeds, train_split, test_split, progress, fit) -> list[Arm]:
     """Every (config, seed) fit handed to ``fit`` at once (default: trained here, one by one)."""
     arms = [Arm(name, config, [], []) for name, config in configs.items()]
-    runs = [replace(arm.config, seed=seed) for arm in arms for seed in seeds]
+    runs = fit_configs(configs.values(), seeds)
     if fit is None:
         nets = (train(c, train_split.images, train_split.labels).net for c in runs)
     else:

@@ -3,14 +3,17 @@
 ``fold_indices`` fixes the stratified folds of a sweep (the same for every trial, so the pruner
 compares trials fold by fold). ``FoldRunner`` trains and scores folds with the one training
 function, in up to ``processes`` worker processes that each hold the training split; it yields
-the folds' accuracies in fold order, one round of folds (one per worker) at a time, so that a
-pruned trial wastes little. Its workers start (and load MXNet) as soon as it is made, and they
+the folds' accuracies in fold order. Several trials can be in its hands at once (the sweep starts
+the next trial before the current one has its last folds): the oldest trial's folds go first, in
+rounds of one per worker, so that a pruned trial wastes little, and a worker that would wait takes
+a later trial's next fold. Its workers start (and load MXNet) as soon as it is made, and they
 also train the comparison's fits on the whole training split (``fits``). A fold's or a fit's
-numbers do not depend on the process that computed it.
+numbers do not depend on the process that computed it, nor on when it ran.
 """
 
 from __future__ import annotations
 
+import collections
 import gc
 import importlib
 import multiprocessing
@@ -19,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -157,12 +160,52 @@ def _folds_dir_prefix() -> str:
     return f"legoexp-folds-{os.getpid()}-{mine}-"
 
 
+class _Folds:
+    """One trial's folds in a ``FoldRunner``'s hands, and the iterator of their accuracies: the folds
+    handed to a worker (in fold order), and how many the trial has released (its rounds so far)."""
+
+    def __init__(self, runner: FoldRunner, config: TrainConfig, folds: list):
+        self.runner, self.config, self.folds = runner, config, folds
+        self.released = runner.processes
+        self.futures: list = []
+        self.next = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> float:
+        k, runner = self.next, self.runner
+        if k == len(self.folds) or self not in runner._trials:
+            self.close()
+            raise StopIteration
+        if k == self.released:  # asked past the round: the next one
+            self.released += runner.processes
+            runner._hand_out()
+        with timings.training():
+            while k >= len(self.futures) or not self.futures[k].done():
+                wait(runner._handed, return_when=FIRST_COMPLETED)
+                runner._hand_out()
+            accuracy = self.futures[k].result()
+        self.next += 1
+        return accuracy
+
+    def close(self) -> None:
+        """Stop: folds not started are dropped (the pool cannot stop one that runs)."""
+        if self in self.runner._trials:
+            self.runner._trials.remove(self)
+        for future in self.futures:
+            future.cancel()
+
+
 class FoldRunner:
     """Runs the folds of trials; ``processes`` <= 1 runs them here, in order."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, processes: int):
         self.images, self.labels = images, labels
         self.pool = None
+        self._trials: list[_Folds] = []  # oldest first
+        self._handed: list = []  # futures of folds handed to the pool and not done
+        self._fits: dict = {}  # config -> futures of its fits handed out ahead (start_fits)
         if processes > 1:
             # The split goes to the workers as a file: a spawned worker killed before it had read a
             # large start-up message would leave this process blocked writing it, for ever.
@@ -179,16 +222,31 @@ class FoldRunner:
     def accuracies(self, config: TrainConfig, folds) -> Iterator[float]:
         """Each fold's validation accuracy, in fold order; stop iterating to cancel the rest.
 
-        Folds go to the workers in rounds of one per worker, the first at once (before the first
-        accuracy is asked for), the next when the caller asks past the current round: a trial
-        pruned on what a round showed never starts the next round (the pool cannot stop a fold
-        once it runs)."""
+        The first round (one fold per worker) is handed out at once, before the first accuracy is
+        asked for; the oldest trial's next round when the caller asks past its current one, so a
+        trial pruned on what a round showed never starts the next (the pool cannot stop a fold once
+        it runs). A trial that is not the oldest releases its folds at once: they fill the time a
+        worker would otherwise wait for the oldest trial's next round, or for its caller."""
         if self.pool is None:
             return self._here(config, folds)
-        return self._rounds(config, list(folds), self._submit(config, folds[:self.processes]))
+        trial = _Folds(self, config, list(folds))
+        self._trials.append(trial)
+        self._hand_out()
+        return trial
 
-    def _submit(self, config: TrainConfig, folds) -> list:
-        return [self.pool.submit(_worker_fold, config, *f) for f in folds]
+    def _hand_out(self) -> None:
+        """Keep every worker busy and one fold waiting for the first that is free (one is free while
+        this process does bookkeeping): the oldest trial's released folds first, then later trials'."""
+        self._handed = [f for f in self._handed if not f.done()]
+        while len(self._handed) <= self.processes:
+            ready = (t for i, t in enumerate(self._trials)
+                     if len(t.futures) < min(t.released + (i > 0) * self.processes, len(t.folds)))
+            trial = next(ready, None)
+            if trial is None:
+                return
+            future = self.pool.submit(_worker_fold, trial.config, *trial.folds[len(trial.futures)])
+            trial.futures.append(future)
+            self._handed.append(future)
 
     def _here(self, config: TrainConfig, folds) -> Iterator[float]:
         for fit_idx, val_idx in folds:
@@ -196,29 +254,25 @@ class FoldRunner:
                 accuracy = fold_accuracy(config, self.images, self.labels, fit_idx, val_idx)
             yield accuracy
 
-    def _rounds(self, config: TrainConfig, folds: list, pending: list) -> Iterator[float]:
-        submitted = len(pending)
-        try:
-            while pending:
-                with timings.training():
-                    accuracy = pending.pop(0).result()
-                yield accuracy
-                if not pending and submitted < len(folds):
-                    pending = self._submit(config, folds[submitted:submitted + self.processes])
-                    submitted += len(pending)
-        finally:
-            for future in pending:  # stopped early: drop what has not started
-                future.cancel()
-
     def fits(self, configs: list[TrainConfig]) -> Iterator:
         """The networks ``train`` fits on the whole training split for each config, in order; all
-        of them handed to the workers at once."""
+        of them handed to the workers at once (or before, by ``start_fits``)."""
         if self.pool is None:
             from legoexp.train import train
 
             return (train(c, self.images, self.labels).net for c in configs)
-        futures = [self.pool.submit(_worker_fit, c) for c in configs]
+        self.start_fits(configs)
+        futures = [self._fits[c].pop(0) for c in configs]
         return (_net(c, f.result()) for c, f in zip(configs, futures))
+
+    def start_fits(self, configs: list[TrainConfig]) -> None:
+        """Hand ``configs``' fits to the workers now, for a later ``fits`` of the same configs: they
+        train while this process does something else."""
+        if self.pool is None:
+            return
+        for config, count in collections.Counter(configs).items():
+            started = self._fits.setdefault(config, [])
+            started += [self.pool.submit(_worker_fit, config) for _ in range(count - len(started))]
 
     def close(self) -> None:
         if self.pool is not None:

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from legoexp import faults, plots, progress, registry, timings, tracking
 from legoexp import study as studies
-from legoexp.compare import compare
+from legoexp.compare import compare, fit_configs
 from legoexp.evidence import log_comparison, read_comparison, seeds_text
 from legoexp.stats import paired_comparison
 from legoexp.train import TrainConfig
@@ -52,17 +52,32 @@ def needs_comparison(search) -> bool:
     done = search.client.get_run(search.parent_id).data.tags.get("compared_trial")
     return done != str(search.study.best_trial.number)
 
+def start_comparison(search) -> None:
+    """Hand the fits of the comparison that ``compare_and_register`` is about to make to the fold
+    workers: they train while this process draws the study's figures. Nothing if it was made."""
+    best_trial, seeds = search.study.best_trial, _seeds(search)
+    if _finished_comparison(search, best_trial, seeds) is None:
+        search.runner.start_fits(fit_configs([search.baseline, _config(search, best_trial)], seeds))
+
+
+def _seeds(search) -> list[int]:
+    return list(range(search.cfg["seed"], search.cfg["seed"] + search.cfg["seeds"]))
+
+
+def _config(search, trial) -> TrainConfig:
+    return TrainConfig(epochs=search.cfg["epochs"], seed=search.cfg["seed"], **trial.params)
+
+
 def compare_and_register(search, test_split, quiet: bool = False) -> None:
     """Compare the best trial's configuration with the baseline over the seeds, log it as the study's
     ``comparison`` run, register both models. Call it holding the study's lock: a rerun after a
     kill at any step reuses what was done (a finished comparison run, versions registered from
     it) and does the rest, so nothing is trained, logged or registered twice."""
-    best_trial = search.study.best_trial
-    seeds = list(range(search.cfg["seed"], search.cfg["seed"] + search.cfg["seeds"]))
+    best_trial, seeds = search.study.best_trial, _seeds(search)
     run = _finished_comparison(search, best_trial, seeds)
     if run is None:
         _end_abandoned_comparisons(search)
-        best = TrainConfig(epochs=search.cfg["epochs"], seed=search.cfg["seed"], **best_trial.params)
+        best = _config(search, best_trial)
         print(f"comparing baseline and best (trial {best_trial.number}) over seeds {seeds} on the test split",
               file=sys.stderr)
         comparison = compare(search.baseline, best, seeds, search.train_split, test_split,

@@ -178,19 +178,38 @@ class Search:
                 self._end_trial(run.info.run_id, [], TrialState.FAIL, reason, status="KILLED")
 
     def work(self, on_trial=None) -> bool:
-        """Claim and run trials while the study needs more; False if it gave up (time, failures)."""
+        """Claim and run trials while the study needs more; False if it gave up (time, failures).
+
+        The next trial is claimed and its folds handed to the fold runner before the current one's
+        last folds are in, so the workers never wait for this process's bookkeeping between trials.
+        It is claimed at the same step whatever the timing (the current trial is RUNNING, the one
+        before it told), so a seed gives the same study."""
         deadline = time.monotonic() + self.cfg["timeout"] if self.cfg["timeout"] else math.inf
-        failures = 0
-        while (trial := self._claim()) is not None:
-            failures += self._run_trial(trial) == TrialState.FAIL
-            if on_trial:
-                on_trial()
-            if failures > self.cfg["trials"]:
-                print(f"stopped: {failures} trials failed in this process", file=sys.stderr)
-                return False
-            if time.monotonic() >= deadline:
-                return False
-        return True
+        failures, current = 0, None
+        while True:
+            stopping = failures > self.cfg["trials"] or time.monotonic() >= deadline
+            trial = None if stopping else self._claim()
+            try:
+                upcoming = self._start_trial(trial) if trial is not None else None
+            except BaseException as e:  # what ends this process ends the trial it was running too
+                if current is not None:
+                    self._abandon_trial(current, e)
+                raise
+            if current is not None:
+                try:
+                    failures += self._finish_trial(current) == TrialState.FAIL
+                except BaseException as e:
+                    if upcoming is not None:
+                        self._abandon_trial(upcoming, e)
+                    raise
+                if on_trial:
+                    on_trial()
+            if upcoming is None:
+                break
+            current = upcoming
+        if failures > self.cfg["trials"]:
+            print(f"stopped: {failures} trials failed in this process", file=sys.stderr)
+        return not stopping
 
     def _claim(self):
         """A new trial, unless finished + running trials already make the target; under the study's
@@ -214,27 +233,39 @@ class Search:
     def _progress(self, shown: progress.Trials) -> None:
         shown.update(self.study.get_trials(deepcopy=False))
 
-    def _run_trial(self, trial: optuna.Trial) -> TrialState | None:
-        """Run a claimed trial as an MLflow child run, tell Optuna how it ended, then end the run the
-        same way. None when the trial was taken from this process meanwhile (its heartbeat was
-        silent too long: stopped, or cut off from the storage) and failed by another: its result
-        is dropped, so nothing is counted twice."""
+    def _start_trial(self, trial: optuna.Trial) -> "_Running":
+        """Hand a claimed trial's folds to the fold runner, then make its MLflow child run while they train."""
         faults.point("trial.claimed")
         config = TrainConfig(epochs=self.cfg["epochs"], seed=self.cfg["seed"], **studies.suggest(trial, self.space))
-        fold_results = self.runner.accuracies(config, self.folds)  # the workers start now, while we log
-        run_id = self.client.create_run(
-            self.experiment_id, run_name=f"trial-{trial.number:03d}",
-            tags={"mlflow.parentRunId": self.parent_id, "legoexp.kind": "trial", "legoexp.study":
-                  self.cfg["study_name"], "trial_number": str(trial.number), "state": "running"}).info.run_id
-        trial.set_user_attr("mlflow_run_id", run_id)
-        trial.set_user_attr("mlflow_run_url", tracking.run_url(self.experiment_id, run_id))  # shown by optuna-dashboard
-        tracking.log_params(run_id, {**tracking.run_params(config, self.cfg["data"], self.source, self.train_split),
-                                     "trial_number": trial.number, "folds": self.cfg["folds"]})
-        accuracies, state, reason = [], TrialState.COMPLETE, None
+        running = _Running(trial)
         try:
-            with claims.Heartbeat(self.storage, trial._trial_id, self.cfg["heartbeat"]):
+            running.fold_results = self.runner.accuracies(config, self.folds)
+            running.heartbeat.enter_context(claims.Heartbeat(self.storage, trial._trial_id, self.cfg["heartbeat"]))
+            running.run_id = self.client.create_run(
+                self.experiment_id, run_name=f"trial-{trial.number:03d}",
+                tags={"mlflow.parentRunId": self.parent_id, "legoexp.kind": "trial", "legoexp.study":
+                      self.cfg["study_name"], "trial_number": str(trial.number), "state": "running"}).info.run_id
+            trial.set_user_attr("mlflow_run_id", running.run_id)
+            trial.set_user_attr("mlflow_run_url", tracking.run_url(self.experiment_id, running.run_id))  # shown by optuna-dashboard
+            tracking.log_params(running.run_id, {
+                **tracking.run_params(config, self.cfg["data"], self.source, self.train_split),
+                "trial_number": trial.number, "folds": self.cfg["folds"]})
+        except BaseException as e:
+            self._abandon_trial(running, e)
+            raise
+        return running
+
+    def _finish_trial(self, running: "_Running") -> TrialState | None:
+        """Score a started trial, tell Optuna how it ended, then end its run the same way. None when
+        the trial was taken from this process meanwhile (its heartbeat was silent too long: stopped,
+        or cut off from the storage) and failed by another: its result is dropped, so nothing is
+        counted twice."""
+        trial, run_id, accuracies = running.trial, running.run_id, running.accuracies
+        state, reason = TrialState.COMPLETE, None
+        try:
+            with running.heartbeat:
                 try:
-                    self._score(trial, fold_results, accuracies)
+                    self._score(trial, running.fold_results, accuracies)
                 except optuna.TrialPruned:
                     state = TrialState.PRUNED
                 except Diverged as e:
@@ -245,14 +276,10 @@ class Search:
         except UpdateFinishedTrialError:
             taken = True
         except BaseException as e:
-            interrupted = isinstance(e, KeyboardInterrupt)
-            if not interrupted and self._taken(trial):  # e.g. a storage call cut off while the trial was failed
+            if not isinstance(e, KeyboardInterrupt) and self._taken(trial):  # e.g. a storage call cut off while the trial was failed
                 taken = True
             else:
-                with contextlib.suppress(Exception):  # best effort: the store may be what failed
-                    self._end_trial(run_id, accuracies, TrialState.FAIL, "interrupted" if interrupted else
-                                    f"{type(e).__name__}: {e}", status="KILLED" if interrupted else "FAILED")
-                    self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                self._abandon_trial(running, e)
                 raise
         if taken:
             reason = "its trial was failed by another process while this one was silent; its result is dropped"
@@ -262,6 +289,21 @@ class Search:
         faults.point("trial.told")
         self._end_trial(run_id, accuracies, state, reason)
         return state
+
+    def _abandon_trial(self, running: "_Running", error: BaseException) -> None:
+        """A started trial this process will not finish, because of ``error``: KILLED if it is a
+        KeyboardInterrupt, else FAILED. Best effort: the store may be what failed; a trial left
+        RUNNING is failed later by the watchers, its owner being gone."""
+        interrupted = isinstance(error, KeyboardInterrupt)
+        if running.fold_results is not None:
+            running.fold_results.close()
+        running.heartbeat.close()
+        with contextlib.suppress(Exception):
+            if running.run_id is not None:
+                self._end_trial(running.run_id, running.accuracies, TrialState.FAIL,
+                                "interrupted" if interrupted else f"{type(error).__name__}: {error}",
+                                status="KILLED" if interrupted else "FAILED")
+            self.study.tell(running.trial, state=TrialState.FAIL, skip_if_finished=True)
 
     def _taken(self, trial) -> bool:
         """True if another process has ended ``trial`` (the storage says so when it can be asked)."""
@@ -290,3 +332,14 @@ class Search:
         outcome = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(state, "failed")
         tracking.log_metrics(run_id, metrics, tags={"state": outcome} | ({"fail_reason": reason} if reason else {}))
         self.client.set_terminated(run_id, "FINISHED" if outcome != "failed" else status or "FAILED")
+
+
+class _Running:
+    """A claimed trial between its start and its end: its folds' results to come, its run, its heartbeat."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+        self.fold_results = None
+        self.run_id: str | None = None
+        self.accuracies: list[float] = []
+        self.heartbeat = contextlib.ExitStack()

@@ -141,9 +141,12 @@ def main(argv=None) -> int:
         timings.lap("search")
         faults.point("search.done")
         with lock():  # one of the sweeps sharing the study reports; the others find it done
+            comparing = report.needs_comparison(search)
+            if comparing:
+                report.start_comparison(search)
             report.log_study(search)
             timings.lap("figures")
-            if report.needs_comparison(search):
+            if comparing:
                 # the first read of the test split
                 report.compare_and_register(search, load_split(source, "test"), quiet=args.quiet)
             else:
