@@ -19,7 +19,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from legoexp import config, timings
+from legoexp import config, faults, timings
 from legoexp.config import Setting, int_range, positive_float
 from legoexp.errors import UserError, run_main
 
@@ -74,8 +74,11 @@ def lab_figures(train_split, test_split, history, probabilities) -> dict:
 _splits = ()  # in the chart process: (train split, test split), as the fork left them
 
 
-def _keep_splits(train_split, test_split) -> None:
+def _keep_splits(train_split, test_split, parent: int) -> None:
     global _splits
+    from legoexp.cv import die_with
+
+    die_with(parent)  # a main process killed outright cannot stop this one
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle; it stops this one
     _splits = (train_split, test_split)
 
@@ -102,7 +105,7 @@ def main(argv=None) -> int:
     train_split, test_split = load_split(source, "train"), load_split(source, "test")
     # A fork, now: nothing is loaded yet whose threads a fork would not carry over (MXNet's, MLflow's).
     charts = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"),
-                                 initializer=_keep_splits, initargs=(train_split, test_split))
+                                 initializer=_keep_splits, initargs=(train_split, test_split, os.getpid()))
     try:
         charts.submit(importlib.import_module, "legoexp.plots")  # starts it; matplotlib loads meanwhile
         with tempfile.TemporaryDirectory(prefix="legoexp-baseline-") as directory:
@@ -152,6 +155,7 @@ def _train_and_log(args, cfg, source, train_split, test_split, charts, directory
             raise UserError(f"{diverged}: lr={train_config.lr} is too large for this data; try a smaller --lr")
         tracking.log_history(run_id, result.history)
         tracking.log_metrics(run_id, {"test_loss": evaluation.loss, "test_accuracy": evaluation.accuracy})
+        faults.point("baseline.model")
         model = tracking.log_model(result.net, input_example=test_split.images[:2])
         timings.lap("model")
         drawing_s = drawn.result()
