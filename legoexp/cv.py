@@ -53,7 +53,7 @@ def fold_accuracy(config: TrainConfig, images, labels, fit_idx, val_idx) -> floa
 
 def _init_worker(path: str, parent: int) -> None:
     global _split
-    _die_with(parent)
+    die_with(parent)
     with np.load(path) as saved:
         _split = (saved["images"], saved["labels"])
     # ``train`` waits for every step (its updates are NumPy's), so MXNet's engine thread only adds a
@@ -78,8 +78,8 @@ def _quietly(fn) -> None:
         os.close(devnull)
 
 
-def _die_with(parent: int) -> None:
-    """End this worker when the sweep process goes, even by ``kill -9`` (it gets no chance to stop us)."""
+def die_with(parent: int) -> None:
+    """End this worker process when ``parent`` goes, even by ``kill -9`` (it gets no chance to stop us)."""
     try:
         import ctypes
         import signal

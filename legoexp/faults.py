@@ -31,6 +31,7 @@ POINTS = {
     "report.model_logged": "one model of the comparison is logged",
     "report.registered": "a model version is registered, its alias not yet set",
     "registry.step": "promotion moved one tag or alias of the registry",
+    "baseline.model": "the baseline's run holds its metrics, its model is not logged yet",
 }
 
 _plan: dict[str, tuple[int, str]] | None = None

@@ -4,7 +4,9 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
+import time
 import sys
 import uuid
 from pathlib import Path
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, run_module
+from conftest import ROOT, faults_env, held_at_fault, run_module, state
 from legoexp.data import load_split, open_source
 
 PLOTS = {"training_images", "learning_curves", "single_prediction", "batch_prediction", "confusion_matrix"}
@@ -56,7 +58,17 @@ def test_baseline_on_the_lab_files_logs_everything_and_is_reproducible(lab_dir, 
         assert [step for step, _ in history] == list(range(1, 11))
         assert history == _history(client, run2.info.run_id, key)  # same seed, same numbers
     assert run.data.metrics["test_accuracy"] >= 0.95
-    assert run.data.metrics == run2.data.metrics
+    scores = {k: v for k, v in run.data.metrics.items() if k in ("train_loss", "train_accuracy", "test_loss",
+                                                                "test_accuracy")}
+    assert len(scores) == 4 and scores == {k: run2.data.metrics[k] for k in scores}
+
+    # where the seconds went: parts of the main process's wall time that add up, and the chart process's own
+    times = {k: v for k, v in run.data.metrics.items() if k.startswith("time_") and k != "time_total_s"}
+    assert set(times) == {f"time_{p}_s" for p in ("startup", "fit_training", "fit_bookkeeping", "setup", "model",
+                                                   "charts", "rest")}
+    assert min(times.values()) >= 0 and times["time_fit_training_s"] > 0
+    assert run.data.metrics["time_total_s"] == pytest.approx(sum(times.values()))
+    assert 0 < run.data.metrics["chart_process_s"] < run.data.metrics["time_total_s"]
 
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {f"plots/{p}.png" for p in PLOTS}
@@ -147,3 +159,20 @@ def test_mlflow_run_baseline_entry_point_works_and_fails_cleanly(tmp_path, mlflo
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]  # nothing left RUNNING
     finished = next(r for r in runs if r.info.status == "FINISHED")
     assert finished.data.params["epochs"] == "2" and finished.info.run_name == "baseline-seed42"
+
+
+@pytest.mark.slow
+def test_a_baseline_killed_outright_leaves_no_chart_process(tmp_path, mlflow_env):
+    once = tmp_path / "held"
+    proc = subprocess.Popen([sys.executable, "-m", "legoexp.baseline", "--epochs", "2", "--experiment-name",
+                             f"test-{uuid.uuid4().hex[:8]}"], env=faults_env(mlflow_env, "baseline.model=stop", once),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = held_at_fault(proc, once, timeout=120)
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()  # MLflow's `git cat-file` too
+    (chart_process,) = [int(c) for c in children if b"legoexp.baseline" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while state(chart_process) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state(chart_process) in (None, "Z")
