@@ -239,14 +239,18 @@ def test_a_diverging_trial_is_recorded_and_the_study_goes_on(mlflow_env, trackin
 
 
 @pytest.mark.slow
-def test_same_seed_gives_the_same_sequence_of_trial_params(mlflow_env, tracking_uri):
-    sequences = []
-    for _ in range(2):
+def test_same_seed_gives_the_same_sequence_of_trial_params_and_the_same_importances(mlflow_env, tracking_uri, tmp_path):
+    sequences, importances = [], []
+    for k in range(2):
         proc, name = _sweep(mlflow_env, "--trials", "4", "--seed", "3", *TINY)
         assert proc.returncode == 0, proc.stderr
         sequences.append([t.params for t in _study(_store_dir(tracking_uri), name).get_trials()])
+        parent = next(r for r in _runs(name) if r.data.tags["legoexp.kind"] == "sweep")
+        png = MlflowClient().download_artifacts(parent.info.run_id, "plots/param_importances.png", str(tmp_path / str(k)))
+        importances.append(Path(png).read_bytes())
     assert sequences[0] == sequences[1]
     assert len({tuple(sorted(p.items())) for p in sequences[0]}) > 1
+    assert importances[0] == importances[1]  # fANOVA's forest is seeded too
 
 
 @pytest.mark.parametrize("args, message", [
