@@ -6,9 +6,10 @@ function (10 epochs, batch 34), the lab's own loop and the same net in NumPy at 
 threads (``legoexp.peers``); the rate of this net's matmuls and how far the fit is from the time
 that rate implies for its 1.23 MFLOP per sample; three whole baseline runs (the first creates the
 tracking store) and a whole 30-trial sweep, each from process start, with the sweep's wall time
-split into its parts (``legoexp.timings``, as logged on its parent run), the share spent in MLflow,
-Optuna and figures (``tracking_share``: their imports, calls, plots, importances, model export) and
-the share spent on anything but training and scoring models (``overhead_share``); with
+split into its parts (``legoexp.timings``, as logged on its parent run) and the share spent on
+anything but training and scoring models (``overhead_share``); then the same sweep again,
+instrumented, for the share of its wall time spent in MLflow, Optuna and figures
+(``tracking_share``: their imports, calls, plots, importances, model export); with
 ``--peer-sweep``, the straightforward sweep from process start and ``sweep_vs_peer``; with
 ``--serve``, latency and throughput of ``mlflow models serve``. Timings are repeated (min and
 median); compare ratios measured in one run, not figures across machines.
@@ -93,22 +94,41 @@ def whole_runs(data: str, trials: int, store: str, sweep_options: list[str], bas
     baseline = [_command_wall([sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "baseline",
                                "--env-manager", "local", "-P", f"data={data}"], env, store)[0]
                 for _ in range(baselines)]
-    # -X importtime: what loading MLflow, Optuna and matplotlib cost, where the sweep loads them
-    sweep_s, proc = _command_wall([sys.executable, "-X", "importtime", "-m", "legoexp.bench", "--sweep-probe",
-                                   "--data", data, "--trials", str(trials), *sweep_options], env, store)
+    # the user's command as it runs: its wall time, and its parts as it logs them on its parent run
+    sweep_s = _command_wall([sys.executable, "-m", "legoexp.sweep", "--data", data, "--trials", str(trials),
+                             *sweep_options], env, store)[0]
+    parts = _logged_parts(env["MLFLOW_TRACKING_URI"])
+    parts["exit"] = max(0.0, sweep_s - sum(parts.values()))
+    # the same sweep again on a store of its own, instrumented (which slows it): the share of its wall
+    # time in MLflow, Optuna and figures; -X importtime: what loading them costs, where the sweep does
+    with tempfile.TemporaryDirectory() as probe_store:
+        probe_s, proc = _command_wall([sys.executable, "-X", "importtime", "-m", "legoexp.bench", "--sweep-probe",
+                                       "--data", data, "--trials", str(trials), *sweep_options],
+                                      _store_env(probe_store), probe_store)
     probe = json.loads(proc.stdout.strip().splitlines()[-1])
     imports_s = _import_seconds(proc.stderr, TRACKING_PACKAGES)
     uri = subprocess.run([sys.executable, "-c", "import mlflow; c = mlflow.MlflowClient(); "
                           "print(c.get_model_version_by_alias('lego-classifier', 'challenger').source)"],
                          env=env, capture_output=True, text=True, check=True).stdout.strip()
-    parts = probe["parts"] | {"exit": max(0.0, sweep_s - sum(probe["parts"].values()))}
     training = sum(v for k, v in parts.items() if k.endswith("_training"))
     repeated = {"baseline_wall_s": {"best": min(baseline), "median": statistics.median(baseline)}}
     singles = {"baseline_new_store_wall_s": baseline[0], "sweep_wall_s": sweep_s,
-               "tracking_share": (probe["tracking_s"] + imports_s) / sweep_s,
+               "tracking_share": (probe["tracking_s"] + imports_s) / probe_s, "sweep_probe_wall_s": probe_s,
                "overhead_share": 1 - training / sweep_s, "sweep_figures_s": parts.get("figures", 0.0),
                "sweep_tracking_imports_s": imports_s}
     return repeated, singles, parts, env, uri
+
+
+def _logged_parts(tracking_uri: str) -> dict[str, float]:
+    """The parts of the sweep's wall time its parent run logged (``time_<part>_s``), in lap order."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                               "tags.`legoexp.kind` = 'sweep'")
+    laps = ("startup", "setup", "search_training", "search_bookkeeping", "figures", "comparison_training",
+            "comparison_bookkeeping", "models", "rest")
+    return {lap: run.data.metrics[f"time_{lap}_s"] for lap in laps if f"time_{lap}_s" in run.data.metrics}
 
 
 def _store_env(store: str) -> dict:
@@ -343,8 +363,8 @@ PART_NAMES = {
     "comparison_training": "comparison: fits and test scores (5 seeds x 2)",
     "comparison_bookkeeping": "comparison: the rest",
     "models": "models: comparison run, model logging, registration",
-    "end": "end: parent run ended, fold workers stopped",
-    "exit": "exit: interpreter shutdown",
+    "rest": "rest: what no lap closed when the parts were logged",
+    "exit": "exit: parent run ended, fold workers stopped, interpreter shutdown",
 }
 
 

@@ -32,13 +32,15 @@ def test_the_benchmark_reports_every_row_and_writes_json(mlflow_env, tmp_path):
     # the sweep's wall time, split into parts that add up to it; the shares count everything
     parts = rows["sweep_parts_s"]
     assert {"startup", "setup", "search_training", "search_bookkeeping", "figures", "comparison_training",
-            "models", "end", "exit"} <= set(parts)
+            "models", "exit"} <= set(parts)
     assert all(v >= 0 for v in parts.values())
     assert sum(parts.values()) == pytest.approx(rows["sweep_wall_s"], rel=0.01)
     training = parts["search_training"] + parts["comparison_training"]
     assert rows["overhead_share"] == pytest.approx(1 - training / rows["sweep_wall_s"])
-    assert 0 < rows["tracking_share"] < rows["overhead_share"] < 1
-    assert 0 < rows["sweep_tracking_imports_s"] < parts["startup"]
+    assert 0 < rows["overhead_share"] < 1
+    # the share of MLflow, Optuna and figures comes from a second, instrumented sweep
+    assert 0 < rows["tracking_share"] < 1 and rows["sweep_probe_wall_s"] > 0
+    assert 0 < rows["sweep_tracking_imports_s"] < rows["sweep_probe_wall_s"]
     assert rows["sweep_figures_s"] == parts["figures"]
     assert "search: waiting for folds to train" in proc.stdout
 
