@@ -47,7 +47,7 @@ def fold_accuracy(config: TrainConfig, images, labels, fit_idx, val_idx) -> floa
     from legoexp.evaluate import evaluate
     from legoexp.train import train
 
-    fit = train(config, images[fit_idx], labels[fit_idx])
+    fit = train(config, images[fit_idx], labels[fit_idx], reuse=True)  # the net is scored, then dropped
     return evaluate(fit.net, images[val_idx], labels[val_idx]).accuracy
 
 

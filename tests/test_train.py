@@ -107,3 +107,18 @@ def test_train_gives_the_numbers_of_a_plain_gluon_loop_bit_for_bit(synthetic_tra
     mx.nd.waitall()
     for mine, theirs in zip(ours.net.collect_params().values(), net.collect_params().values()):
         assert np.array_equal(mine.data().asnumpy(), theirs.data().asnumpy()), mine.name
+
+
+def test_a_reused_net_gives_the_numbers_of_a_fresh_one_whatever_came_before(synthetic_train):
+    """Cross-validation reuses a net and its graphs across fits of one architecture: set back to
+    the seed's initial weights, it must train as a fresh net would, after any other fit."""
+    x, y = synthetic_train.images[:300], synthetic_train.labels[:300]
+    configs = [SMALL, TrainConfig(epochs=3, seed=8, hidden1=20), SMALL, TrainConfig(epochs=3, seed=9),
+               TrainConfig(epochs=3, seed=7, batch_size=16), SMALL]
+    for config in configs:
+        fresh, reused = train(config, x, y), train(config, x, y, reuse=True)
+        assert reused.history == fresh.history
+        for a, b in zip(fresh.net.collect_params().values(), reused.net.collect_params().values()):
+            assert np.array_equal(a.data().asnumpy(), b.data().asnumpy())
+    first, again = train(SMALL, x, y, reuse=True).net, train(SMALL, x, y, reuse=True).net
+    assert first is again  # the same net: kept, not rebuilt
