@@ -166,8 +166,8 @@ def peer_sweep(data: str, trials: int, sweep_options: list[str]) -> float:
 
 
 def sweep_probe(argv: list[str]) -> None:
-    """Run the sweep in this process; print its laps and the time inside MLflow, Optuna and figure
-    calls (outermost only): the tracking API, the study, trials and pruner, storage, sampler, the
+    """Run the sweep in this process; print the time inside MLflow, Optuna and figure calls
+    (outermost only): the tracking API, the study, trials and pruner, storage, sampler, the
     study's plots and importances, legoexp's tracking, registry and plotting code, model export."""
     import functools
     import threading
@@ -226,8 +226,7 @@ def sweep_probe(argv: list[str]) -> None:
     try:
         sweep.main(argv)
     finally:
-        lap("end")
-        print(json.dumps({"tracking_s": spent[0], "parts": timings.parts()}))
+        print(json.dumps({"tracking_s": spent[0]}))
 
 
 def serve(model_uri: str, env: dict, cwd: str, images: np.ndarray) -> dict:

@@ -104,9 +104,9 @@ def _worker_fold(config, fit_idx, val_idx) -> float:
 
 
 def _worker_fit(config) -> list[np.ndarray]:
-    from legoexp.train import train
+    from legoexp.train import param_values, train
 
-    return [p.data().asnumpy() for p in train(config, *_split).net.collect_params().values()]
+    return param_values(train(config, *_split).net)
 
 
 def _started() -> None:
@@ -225,8 +225,9 @@ class FoldRunner:
         The first round (one fold per worker) is handed out at once, before the first accuracy is
         asked for; the oldest trial's next round when the caller asks past its current one, so a
         trial pruned on what a round showed never starts the next (the pool cannot stop a fold once
-        it runs). A trial that is not the oldest releases its folds at once: they fill the time a
-        worker would otherwise wait for the oldest trial's next round, or for its caller."""
+        it runs). A trial that is not the oldest may run a round ahead of what its caller asked
+        for: it fills the time a worker would otherwise wait for the oldest trial's next round, or
+        for its caller."""
         if self.pool is None:
             return self._here(config, folds)
         trial = _Folds(self, config, list(folds))

@@ -139,6 +139,11 @@ _kept: dict[tuple[int, int], tuple] = {}  # (hidden1, hidden2) -> net, its step 
 _KEEP = 4  # architectures kept (a sweep's fold process alternates between two trials at most)
 
 
+def param_values(net) -> list[np.ndarray]:
+    """Copies of ``net``'s parameters, in ``collect_params`` order (what ``cv`` sends between processes)."""
+    return [p.data().asnumpy() for p in net.collect_params().values()]
+
+
 def _kept_net(config: TrainConfig):
     """A net of ``config``'s architecture set to the weights ``build_net`` gives ``config.seed``,
     and the step graphs made for it before: building the net and compiling its graphs is about
@@ -147,11 +152,11 @@ def _kept_net(config: TrainConfig):
     if key not in _kept:
         if len(_kept) >= _KEEP:
             del _kept[next(iter(_kept))]
-        _kept[key] = (build_net(*key), {}, {})
+        net = build_net(*key, seed=config.seed)
+        _kept[key] = (net, {}, {config.seed: param_values(net)})
     net, graphs, initial = _kept[key]
     if config.seed not in initial:
-        fresh = build_net(*key, seed=config.seed)
-        initial[config.seed] = [p.data().asnumpy() for p in fresh.collect_params().values()]
+        initial[config.seed] = param_values(build_net(*key, seed=config.seed))
     for param, value in zip(net.collect_params().values(), initial[config.seed]):
         np.copyto(_writable(param.data()), value)
     return net, graphs
