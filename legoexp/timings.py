@@ -18,24 +18,30 @@ _training_since_lap = 0.0
 _last_lap: float | None = None  # perf_counter() of the last lap
 
 
-def since_start() -> float:
-    """Seconds since this process started (Linux: from /proc; elsewhere: since this module loaded)."""
+def _started() -> float:
+    """The process's start as a ``perf_counter()`` reading (Linux: from /proc; elsewhere: this module's load)."""
+    now = time.perf_counter()
     try:
         with open("/proc/self/stat") as f:
             started = int(f.read().rpartition(")")[2].split()[19]) / os.sysconf("SC_CLK_TCK")
-        return time.clock_gettime(time.CLOCK_BOOTTIME) - started
+        return now - (time.clock_gettime(time.CLOCK_BOOTTIME) - started)
     except (OSError, ValueError, AttributeError):
-        return time.perf_counter() - _LOADED
+        return now
 
 
-_LOADED = time.perf_counter()
+_STARTED = _started()  # every reading after this one is perf_counter's, so the parts never outrun the total
+
+
+def since_start() -> float:
+    """Seconds since this process started."""
+    return time.perf_counter() - _STARTED
 
 
 def lap(name: str) -> None:
     """Close the stage ``name``: the time since the previous lap (or the process start) is its."""
     global _last_lap, _training_since_lap
     now = time.perf_counter()
-    spent = now - _last_lap if _last_lap is not None else since_start()
+    spent = now - (_last_lap if _last_lap is not None else _STARTED)
     if _training_since_lap:
         _add(f"{name}_training", _training_since_lap)
         _add(f"{name}_bookkeeping", spent - _training_since_lap)
