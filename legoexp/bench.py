@@ -126,9 +126,10 @@ def _logged_parts(tracking_uri: str) -> dict[str, float]:
     client = MlflowClient(tracking_uri)
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                "tags.`legoexp.kind` = 'sweep'")
-    laps = ("startup", "setup", "search_training", "search_bookkeeping", "figures", "comparison_training",
-            "comparison_bookkeeping", "models", "rest")
-    return {lap: run.data.metrics[f"time_{lap}_s"] for lap in laps if f"time_{lap}_s" in run.data.metrics}
+    logged = {k[len("time_"):-len("_s")]: v for k, v in run.data.metrics.items()
+              if k.startswith("time_") and k.endswith("_s") and k != "time_total_s"}
+    order = list(PART_NAMES)
+    return dict(sorted(logged.items(), key=lambda part: order.index(part[0]) if part[0] in order else len(order)))
 
 
 def _store_env(store: str) -> dict:
