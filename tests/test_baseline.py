@@ -6,8 +6,8 @@ import pickle
 import shutil
 import signal
 import subprocess
-import time
 import sys
+import time
 import uuid
 from pathlib import Path
 
