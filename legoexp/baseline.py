@@ -19,9 +19,11 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from legoexp import config, faults, timings
+from legoexp import config
 from legoexp.config import Setting, int_range, positive_float
-from legoexp.errors import UserError, run_main
+from legoexp.errors import UserError
+from legoexp.ops import faults, timings
+from legoexp.ops.command import run_main
 
 SETTINGS = {
     "data": Setting(str),
@@ -76,7 +78,7 @@ _splits = ()  # in the chart process: (train split, test split), as the fork lef
 
 def _keep_splits(train_split, test_split, parent: int) -> None:
     global _splits
-    from legoexp.cv import die_with
+    from legoexp.ops.proc import die_with
 
     die_with(parent)  # a main process killed outright cannot stop this one
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle; it stops this one

@@ -213,7 +213,7 @@ def seed_comparison(a, b, name_a: str = "baseline", name_b: str = "best", result
     """Paired per-seed test accuracies of two configurations: a grey line per seed joining
     them, their means with confidence-interval bars, and (given a ``stats.PairedResult``)
     the mean difference, its interval and the p-value in the title."""
-    from legoexp.stats import format_p, mean_ci  # scipy only for the plots that need it
+    from legoexp.comparison.stats import format_p, mean_ci  # scipy only for the plots that need it
 
     a, b = np.asarray(a, dtype=float).reshape(-1), np.asarray(b, dtype=float).reshape(-1)
     if len(a) != len(b) or not len(a):
@@ -248,7 +248,7 @@ def seed_comparison(a, b, name_a: str = "baseline", name_b: str = "best", result
 def expected_max_curve(values) -> Figure:
     """Expected best val_accuracy of a sweep of n trials (n = 1..N, Dodge et al. 2019), with a
     band of one standard deviation, over the individual trial results in trial order."""
-    from legoexp.stats import expected_max, expected_max_std
+    from legoexp.comparison.stats import expected_max, expected_max_std
 
     values = np.asarray(values, dtype=float).reshape(-1)
     curve, std = expected_max(values), expected_max_std(values)

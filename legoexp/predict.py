@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from legoexp.errors import DataError, UserError, run_main
+from legoexp.errors import DataError, UserError, first_line
+from legoexp.ops.command import run_main
 
 DEFAULT_MODEL = "models:/lego-classifier@champion"
 PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -97,14 +98,13 @@ def load_model(uri: str):
         from legoexp.tracking import check_store
 
         check_store()
-    from legoexp.rights import refusal
+    from legoexp.access.rights import refusal
 
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as e:
-        first = str(getattr(e, "message", e)).strip().splitlines()[0]
         raise refusal(e, f"load model {uri}") or UserError(
-            f"model {uri}: {first} (tracking store {mlflow.get_tracking_uri()}){_alias_hint(uri)}") from None
+            f"model {uri}: {first_line(e)} (tracking store {mlflow.get_tracking_uri()}){_alias_hint(uri)}") from None
 
 
 def _alias_hint(uri: str) -> str:
@@ -128,7 +128,7 @@ def predict(model, images: np.ndarray) -> np.ndarray:
     """Softmax probabilities (N, 10) from the pyfunc, a batch of at most MAX_BATCH images at a time."""
     from mlflow.exceptions import MlflowException
 
-    from legoexp.serving import MAX_BATCH
+    from legoexp.tracking.pyfunc import MAX_BATCH
 
     parts = []
     for start in range(0, len(images), MAX_BATCH):

@@ -18,8 +18,9 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from legoexp.errors import ConfigError, UserError, run_main
-from legoexp.evidence import CONFIG_KEYS, Version, find_evidence, run_comparison, seeds_text
+from legoexp.comparison.runs import CONFIG_KEYS, Version, find_evidence, run_comparison, seeds_text
+from legoexp.errors import ConfigError, UserError
+from legoexp.ops.command import run_main
 
 DEFAULT_TOLERANCE = 0.01
 RULE_HELP = ("Gate: promote when the lower bound of the 95% confidence interval of the paired per-seed "
@@ -183,7 +184,8 @@ def main(argv=None) -> int:
     launched = os.environ.get("MLFLOW_RUN_ID")  # read now: mlflow.end_run() deletes it
     from mlflow.tracking import MlflowClient
 
-    from legoexp import registry, rights
+    from legoexp import registry
+    from legoexp.access import rights
 
     name = args.model_name
     rights.check_promote(name)

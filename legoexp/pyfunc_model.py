@@ -2,6 +2,6 @@
 
 import mlflow
 
-from legoexp.serving import LegoClassifier
+from legoexp.tracking.pyfunc import LegoClassifier
 
 mlflow.models.set_model(LegoClassifier())

@@ -17,8 +17,9 @@ from functools import partial
 
 import numpy as np
 
-from legoexp.cv import fold_accuracy, fold_indices
-from legoexp.errors import DataError, UserError, run_main
+from legoexp.errors import DataError, UserError
+from legoexp.ops.command import run_main
+from legoexp.study.folds import fold_accuracy, fold_indices
 
 CONFIG_KEYS = {"epochs": int, "lr": float, "batch_size": int, "hidden1": int, "hidden2": int, "seed": int}
 BASELINE_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
@@ -45,7 +46,7 @@ def read_run(ref: str):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from legoexp.rights import refusal
+    from legoexp.access.rights import refusal
     from legoexp.tracking import check_store
 
     check_store()

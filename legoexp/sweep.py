@@ -19,7 +19,8 @@ from pathlib import Path
 from legoexp import config
 from legoexp.baseline import SETTINGS as BASELINE_SETTINGS
 from legoexp.config import Setting, int_range
-from legoexp.errors import ConfigError, UserError, run_main
+from legoexp.errors import ConfigError, UserError, first_line
+from legoexp.ops.command import run_main
 
 SETTINGS = {
     "data": BASELINE_SETTINGS["data"],
@@ -87,15 +88,15 @@ def main(argv=None) -> int:
     cfg = config.resolve("sweep", SETTINGS, args.config, {k: getattr(args, k) for k in SETTINGS})
     lab = config.resolve("baseline", BASELINE_SETTINGS, None, {})
 
-    from legoexp import study as studies
     from legoexp.data import load_split, open_source
+    from legoexp.study import design
     from legoexp.train import TrainConfig
 
-    space = studies.load_space(Path(cfg["search_space"]) if cfg["search_space"] else None)
+    space = design.load_space(Path(cfg["search_space"]) if cfg["search_space"] else None)
     baseline = TrainConfig(**{k: lab[k] for k in ("lr", "batch_size", "hidden1", "hidden2")},
                            epochs=cfg["epochs"], seed=cfg["seed"])
     baseline_point = {k: getattr(baseline, k) for k in space}
-    studies.check_contains(space, baseline_point, cfg["search_space"] or "conf/search_space.yaml")
+    design.check_contains(space, baseline_point, cfg["search_space"] or "conf/search_space.yaml")
     source = open_source(cfg["data"])
     train_split = load_split(source, "train")  # the test split is read only after the search
     smallest = int(min((train_split.labels == c).sum() for c in range(10)))
@@ -103,16 +104,21 @@ def main(argv=None) -> int:
         raise ConfigError(f"folds={cfg['folds']}: the smallest class of {train_split.where} has only "
                           f"{smallest} images; expected folds <= {smallest}")
 
-    from legoexp import cv, timings
+    from legoexp.ops import timings
+    from legoexp.study import folds
 
     # started first: its workers load MXNet while this process loads MLflow and sets up
-    runner = cv.FoldRunner(train_split.images, train_split.labels, cv.worker_count(cfg["folds"], cfg["jobs"]))
+    runner = folds.FoldRunner(train_split.images, train_split.labels, folds.worker_count(cfg["folds"], cfg["jobs"]))
 
     import mlflow
 
-    from legoexp import faults, report, rights, tracking, workers
-    from legoexp.search import Search
-    from legoexp.storage import StudyLock, open_storage, storage_label
+    from legoexp import tracking
+    from legoexp.access import rights
+    from legoexp.comparison import report
+    from legoexp.ops import faults
+    from legoexp.study import workers
+    from legoexp.study.search import Search
+    from legoexp.study.storage import StudyLock, open_storage, storage_label
 
     timings.lap("startup")
     gc.freeze()
@@ -182,9 +188,7 @@ def main_or_storage_error(argv=None) -> int:
         raise UserError("a fold-training worker process died (killed, or out of memory); rerun the same "
                         "command to resume") from None
     except (optuna.exceptions.StorageInternalError, OperationalError) as e:
-        cause = e.__cause__ or e
-        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise UserError(f"the Optuna storage failed ({detail}); when it is reachable again, rerun the "
+        raise UserError(f"the Optuna storage failed ({first_line(e.__cause__ or e)}); when it is reachable again, rerun the "
                         "same command to resume") from None
     except MlflowException as e:
         raise tracking.store_failure(e) from None

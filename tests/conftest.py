@@ -101,7 +101,7 @@ def state(pid: int) -> str | None:
 
 
 def faults_env(env: dict, spec: str, once: Path) -> dict:
-    """``env`` with the fault plan ``spec`` (see legoexp/faults.py) for the first process to reach it."""
+    """``env`` with the fault plan ``spec`` (see legoexp/ops/faults.py) for the first process to reach it."""
     return {**env, "LEGOEXP_FAULTS": spec, "LEGOEXP_FAULTS_ONCE": str(once)}
 
 

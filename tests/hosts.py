@@ -33,7 +33,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import require, state
 from services import _require_postgres, mlflow_tracking_server, postgres_cluster
 

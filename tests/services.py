@@ -40,7 +40,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import require
 
 PG_SYSTEM_USER = "legoexp-pg"

@@ -23,8 +23,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from legoexp import access
+from legoexp.access.rights import ROLES, refusal
 from legoexp.errors import AccessError
-from legoexp.rights import ROLES, refusal
 
 pytest_plugins = ["services"]
 pytestmark = pytest.mark.slow

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, faults_env, held_at_fault, run_module, state
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, faults_env, held_at_fault, run_module, state
 from legoexp.data import load_split, open_source
 
 PLOTS = {"training_images", "learning_curves", "single_prediction", "batch_prediction", "confusion_matrix"}

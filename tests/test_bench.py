@@ -4,7 +4,6 @@ figures are for the closing notes, not asserted here: shared machines make timin
 import json
 
 import pytest
-
 from conftest import run_module
 
 

@@ -21,7 +21,6 @@ import uuid
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
-
 from test_sweep import _runs, _store_dir, _study
 
 TRIALS, FOLDS = 8, 2

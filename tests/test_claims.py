@@ -12,9 +12,9 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
-
-from legoexp.claims import OWNER, Heartbeat, Watch, fail_orphans, owner_gone
 from test_sweep import TINY, _runs, _store_dir, _study, _sweep
+
+from legoexp.study.claims import OWNER, Heartbeat, Watch, fail_orphans, owner_gone
 
 
 def test_an_owner_is_gone_when_its_pid_ended_or_now_runs_another_process():

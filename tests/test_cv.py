@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from legoexp.cv import FoldRunner, fold_indices
 from legoexp.data import load_split, open_source
+from legoexp.study.folds import FoldRunner, fold_indices
 from legoexp.train import TrainConfig, train
 
 CONFIGS = [TrainConfig(epochs=2, seed=3), TrainConfig(epochs=2, seed=4, hidden1=20, batch_size=16)]

@@ -9,9 +9,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import require, run_module
+from mlflow.tracking import MlflowClient
 
 TRIALS = 3
 

@@ -9,8 +9,8 @@ import struct
 
 import numpy as np
 import pytest
-
 from conftest import write_lab_file
+
 from legoexp.data import load_split, open_source
 from legoexp.data.labfile import read_lab_file
 from legoexp.errors import DataError

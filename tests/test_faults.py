@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from legoexp import faults
+from legoexp.ops import faults
 
 SCRIPT = "from legoexp import faults\nfor _ in range(3):\n    faults.point('trial.fold')\n    print('passed', flush=True)\n"
 

@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import faults_env, held_at_fault
 
 pytest_plugins = ["services", "hosts"]
@@ -162,7 +161,7 @@ def test_a_host_cut_off_mid_trial_loses_its_trial_and_counts_nothing_twice(sweep
     cut.cut()
     os.kill(pid, signal.SIGCONT)  # on it goes, into a fold report that cannot arrive
     s.wait_for(lambda: all((n, "FAIL", "w2") in s.trials() for n in held), f"trials {held} of the cut host to fail")
-    # the database ends the cut host's sessions a grace after it went silent (legoexp/storage.py), so
+    # the database ends the cut host's sessions a grace after it went silent (legoexp/study/storage.py), so
     # what the host sent meanwhile is refused once its link is back, as after any long cut
     s.wait_for(lambda: not hosts.sessions_from(cut), "the database to end the cut host's sessions")
     cut.reconnect()
@@ -195,7 +194,7 @@ HOLD_THE_LOCK = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
     import optuna
-    from legoexp.storage import StudyLock, open_storage
+    from legoexp.study.storage import StudyLock, open_storage
     url, heartbeat = sys.argv[1], int(sys.argv[2])
     storage = open_storage(url, Path("."), heartbeat)
     with StudyLock(url, Path("."), heartbeat)():
@@ -210,7 +209,7 @@ HOLD_THE_LOCK = textwrap.dedent("""
 TAKE_THE_LOCK = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from legoexp.storage import StudyLock
+    from legoexp.study.storage import StudyLock
     with StudyLock(sys.argv[1], Path("."), int(sys.argv[2]))():
         print("taken", flush=True)
 """)

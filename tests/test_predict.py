@@ -10,10 +10,10 @@ import uuid
 
 import numpy as np
 import pytest
+from conftest import require, run_module
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import require, run_module
 from legoexp.classes import CLASS_NAMES
 from legoexp.data import load_split, open_source
 from legoexp.predict import read_photo

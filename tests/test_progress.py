@@ -12,12 +12,12 @@ from unittest.mock import ANY
 
 import optuna
 import pytest
+from conftest import run_module
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
-from conftest import run_module
-from legoexp import progress
+from legoexp.study import progress
 
 TRIAL_LINE = re.compile(r"^trial (\d+) +(complete|pruned after fold \d+|failed: .+?) +(?:val_accuracy (\S+) +)?"
                         r"best (\S+)(?: \(trial (\d+)\))? +elapsed +[\d.]+ s  (\d+) left$")

@@ -14,12 +14,12 @@ from types import SimpleNamespace
 
 import mlflow
 import pytest
+from conftest import run_module
 from mlflow.tracking import MlflowClient
 
-from conftest import run_module
 from legoexp import promote, registry
-from legoexp.errors import run_main
-from legoexp.stats import paired_comparison
+from legoexp.comparison.stats import paired_comparison
+from legoexp.ops.command import run_main
 
 SWEPT_MODEL = "lego-swept"
 TWIN_SEEDS = "44,45"  # not the sweep's seeds (42,43): the twin's evidence is never the sweep's run

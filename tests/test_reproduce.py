@@ -5,10 +5,10 @@ import uuid
 
 import numpy as np
 import pytest
+from conftest import run_module
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from conftest import run_module
 from legoexp.data import load_split, open_source
 
 

@@ -9,10 +9,9 @@ import uuid
 
 import optuna
 import pytest
+from conftest import faults_env, held_at_fault
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
-
-from conftest import faults_env, held_at_fault
 
 pytest_plugins = ["services"]
 

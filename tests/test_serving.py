@@ -21,11 +21,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import run_module
 from mlflow.tracking import MlflowClient
 
-from conftest import run_module
 from legoexp.data import load_split, open_source
-from legoexp.serving import MAX_BATCH
+from legoexp.tracking.pyfunc import MAX_BATCH
 
 MODEL = "lego-classifier"
 CHAMPION = f"models:/{MODEL}@champion"

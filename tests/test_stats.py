@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from legoexp import stats
+from legoexp.comparison import stats
 
 BASELINE = [0.8845, 0.8293, 0.8650, 0.8532, 0.8546]
 BEST = [0.8978, 0.8281, 0.8781, 0.8613, 0.8962]

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from conftest import faults_env, held_at_fault, run_module
 from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
-
-from conftest import faults_env, held_at_fault, run_module
 
 TINY = ["--folds", "2", "--seeds", "2", "--epochs", "2"]
 
@@ -191,7 +190,7 @@ def test_a_fold_worker_killed_is_a_one_line_error_and_a_rerun_completes(mlflow_e
 
 
 def test_a_trial_whose_claim_broke_off_is_failed_only_under_the_claim_lock(tmp_path):
-    from legoexp.claims import Watch, fail_orphans
+    from legoexp.study.claims import Watch, fail_orphans
 
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
     study = optuna.create_study(study_name="s", storage=storage)

@@ -8,7 +8,7 @@ import pytest
 
 CODE = """
 import json, time
-from legoexp import timings
+from legoexp.ops import timings
 time.sleep(0.05)
 timings.lap("startup")
 with timings.training():

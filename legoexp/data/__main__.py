@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from legoexp.data import NPZ_FILES, SPLITS, load_split, open_source
-from legoexp.errors import UserError, run_main
+from legoexp.errors import UserError
+from legoexp.ops.command import run_main
 
 
 def main(argv=None) -> int:

@@ -13,6 +13,8 @@ import contextlib
 import os
 import time
 
+from legoexp.ops.proc import start_ticks
+
 _parts: dict[str, float] = {}
 _training_since_lap = 0.0
 _last_lap: float | None = None  # perf_counter() of the last lap
@@ -20,13 +22,10 @@ _last_lap: float | None = None  # perf_counter() of the last lap
 
 def _started() -> float:
     """The process's start as a ``perf_counter()`` reading (Linux: from /proc; elsewhere: this module's load)."""
-    now = time.perf_counter()
-    try:
-        with open("/proc/self/stat") as f:
-            started = int(f.read().rpartition(")")[2].split()[19]) / os.sysconf("SC_CLK_TCK")
-        return now - (time.clock_gettime(time.CLOCK_BOOTTIME) - started)
-    except (OSError, ValueError, AttributeError):
+    now, ticks = time.perf_counter(), start_ticks(os.getpid())
+    if ticks is None:
         return now
+    return now - (time.clock_gettime(time.CLOCK_BOOTTIME) - int(ticks) / os.sysconf("SC_CLK_TCK"))
 
 
 _STARTED = _started()  # every reading after this one is perf_counter's, so the parts never outrun the total

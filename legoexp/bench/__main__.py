@@ -3,10 +3,10 @@ straightforward sweep.
 
 In one run, on the lab's files when given (else the generated set), it measures: the one training
 function (10 epochs, batch 34), the lab's own loop and the same net in NumPy at one and at two BLAS
-threads (``legoexp.peers``); the rate of this net's matmuls and how far the fit is from the time
+threads (``legoexp.bench.peers``); the rate of this net's matmuls and how far the fit is from the time
 that rate implies for its 1.23 MFLOP per sample; three whole baseline runs (the first creates the
 tracking store) and a whole 30-trial sweep, each from process start, with the sweep's wall time
-split into its parts (``legoexp.timings``, as logged on its parent run) and the share spent on
+split into its parts (``legoexp.ops.timings``, as logged on its parent run) and the share spent on
 anything but training and scoring models (``overhead_share``); then the same sweep again,
 instrumented, for the share of its wall time spent in MLflow, Optuna and figures
 (``tracking_share``: their imports, calls, plots, importances, model export); with
@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from legoexp.errors import run_main
+from legoexp.ops.command import run_main
 
 FLOP_PER_SAMPLE = 1.23e6  # forward 2*(2304*128 + 128*64 + 64*10), weight grads, 2 small input grads
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def matmul_gflops(batch: int = 34, repeat: int = 200) -> dict:
@@ -154,14 +154,14 @@ def _import_seconds(importtime_log: str, packages) -> float:
 
 
 def peer_sweep(data: str, trials: int, sweep_options: list[str]) -> float:
-    """Wall time of `python -m legoexp.peers` from process start, with the sweep's folds, epochs and
+    """Wall time of `python -m legoexp.bench.peers` from process start, with the sweep's folds, epochs and
     seed, into a new tracking store of its own."""
     from legoexp import config, sweep
 
     ns = sweep.parse_args(["--data", data, "--trials", str(trials), *sweep_options])
     cfg = config.resolve("sweep", sweep.SETTINGS, ns.config, {k: getattr(ns, k) for k in sweep.SETTINGS})
     with tempfile.TemporaryDirectory() as store:
-        return _command_wall([sys.executable, "-m", "legoexp.peers", "--data", data, "--trials", str(trials),
+        return _command_wall([sys.executable, "-m", "legoexp.bench.peers", "--data", data, "--trials", str(trials),
                               "--folds", str(cfg["folds"]), "--epochs", str(cfg["epochs"]), "--seed", str(cfg["seed"])],
                              _store_env(store), store)[0]
 
@@ -173,7 +173,7 @@ def sweep_probe(argv: list[str]) -> None:
     import functools
     import threading
 
-    from legoexp import timings
+    from legoexp.ops import timings
 
     spent, depth = [0.0], [0]
 
@@ -202,14 +202,17 @@ def sweep_probe(argv: list[str]) -> None:
         import mlflow
         import optuna
 
-        from legoexp import claims, evidence, plots, registry, report, storage, study, tracking
+        from legoexp import plots, registry, tracking
+        from legoexp.comparison import report
+        from legoexp.comparison import runs as evidence
+        from legoexp.study import claims, design, storage
 
         patch(mlflow.MlflowClient)
         patch(mlflow, ["log_figure", "register_model", "start_run", "set_experiment", "log_input"])
         patch(mlflow.pyfunc, ["log_model"])
         for owner in (optuna.Study, optuna.Trial, optuna.storages.JournalStorage, optuna.storages.RDBStorage,
-                      optuna.samplers.TPESampler, optuna.pruners.WilcoxonPruner, tracking, registry, study, plots,
-                      claims, storage):
+                      optuna.samplers.TPESampler, optuna.pruners.WilcoxonPruner, tracking, tracking.runs,
+                      registry, registry.versions, design, plots, claims, storage):
             patch(owner)
         patch(report, ["log_study"])  # not compare_and_register: it trains
         patch(evidence, ["log_comparison", "read_comparison"])
@@ -284,7 +287,7 @@ def main(argv=None) -> int:
     p.add_argument("--fits-only", action="store_true", help="skip the whole baseline and sweep runs")
     p.add_argument("--serve", action="store_true", help="also time `mlflow models serve` of the sweep's model")
     p.add_argument("--peer-sweep", action="store_true", help="also time the straightforward sweep "
-                   "(`python -m legoexp.peers`: about 3 minutes on the lab's files) and give sweep_vs_peer")
+                   "(`python -m legoexp.bench.peers`: about 3 minutes on the lab's files) and give sweep_vs_peer")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--sweep-probe", action="store_true", help=argparse.SUPPRESS)
     args, rest = p.parse_known_args(argv)
@@ -296,8 +299,8 @@ def main(argv=None) -> int:
     elif rest:
         p.error(f"unrecognized arguments: {' '.join(rest)} (options for the sweep go after --)")
 
+    from legoexp.bench.peers import lab_loop, numpy_peer
     from legoexp.data import load_split, open_source
-    from legoexp.peers import lab_loop, numpy_peer
     from legoexp.train import TrainConfig, train
 
     load_before = os.getloadavg()[0]

@@ -46,7 +46,7 @@ def seeds_text(seeds) -> str:
 def find_evidence(client, champion: Version, candidate: Version, seeds: list[int]):
     """The newest finished comparison run of exactly these two configurations on their data digest
     with these seeds, and its PairedResult recomputed from the per-seed test accuracies; or None."""
-    from legoexp.stats import paired_comparison
+    from legoexp.comparison.stats import paired_comparison
 
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, "tags.`legoexp.kind` = 'comparison' and attributes.status = 'FINISHED' "
@@ -70,7 +70,7 @@ def _config(arm) -> tuple:
 def read_comparison(client, run):
     """``(seeds, {arm name: compare.Arm})`` of a comparison run (arms without their nets), or None
     if it lacks a config or a seed's accuracy."""
-    from legoexp.compare import Arm
+    from legoexp.comparison.fits import Arm
     from legoexp.train import TrainConfig
 
     params = run.data.params
@@ -92,15 +92,16 @@ def read_comparison(client, run):
 
 def log_comparison(client, experiment_id: str, run_name: str, tags: dict, arms, seeds: list[int], result,
                    params: dict, input_example=None) -> str:
-    """Log a comparison of two ``compare.Arm`` s as a ``comparison`` run and return its id: params
+    """Log a comparison of two ``fits.Arm`` s as a ``comparison`` run and return its id: params
     ``seeds``, each arm's config as ``<arm>_<key>`` and ``params``; per-seed ``<arm>_test_accuracy``
     (step = seed); the summary metrics; plots/seed_comparison.png; with ``input_example``, each arm's
     median-seed model, its URI in tag ``<arm>_model_uri``. The run ends FINISHED once all is logged,
     else FAILED (KILLED when interrupted)."""
     import mlflow
 
-    from legoexp import faults, plots, tracking
-    from legoexp.compare import summary_metrics
+    from legoexp import plots, tracking
+    from legoexp.comparison.fits import summary_metrics
+    from legoexp.ops import faults
 
     a, b = arms
     run_id = client.create_run(experiment_id, run_name=run_name, tags={
@@ -143,8 +144,8 @@ def run_comparison(client, name: str, champion: Version, candidate: Version, see
     if train_split.digest != candidate.tags["data_digest"]:
         raise DataError(f"data={spec!r}: its training split has digest {train_split.digest}, but the versions "
                         f"were trained on data_digest {candidate.tags['data_digest']}; pass --data with that data")
-    from legoexp.compare import run_arm
-    from legoexp.stats import paired_comparison
+    from legoexp.comparison.fits import run_arm
+    from legoexp.comparison.stats import paired_comparison
     from legoexp.train import TrainConfig
 
     print(f"no comparison of these two yet: training both over seeds {seeds_text(seeds)} on the test split",

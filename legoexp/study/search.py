@@ -20,12 +20,12 @@ from mlflow.tracking import MlflowClient
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from legoexp import claims, cv, faults, progress, tracking, workers
-from legoexp import study as studies
+from legoexp import tracking
 from legoexp.errors import ConfigError, UserError
-from legoexp.storage import LockLost
+from legoexp.ops import faults
+from legoexp.study import claims, design, folds, progress, workers
+from legoexp.study.storage import LockLost
 from legoexp.train import Diverged, TrainConfig
-
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # WilcoxonPruner and the matplotlib plots are marked experimental; the warnings say nothing to a user
@@ -43,7 +43,7 @@ class Search:
         self.launched_run = launched
         self.experiment_id = (self.client.get_run(launched).info.experiment_id if launched else
                               mlflow.get_experiment_by_name(cfg["experiment_name"]).experiment_id)
-        self.study = studies.create_study(cfg["study_name"], storage, cfg["seed"],
+        self.study = design.create_study(cfg["study_name"], storage, cfg["seed"],
                                           {k: getattr(baseline, k) for k in space})
         settings = {"folds": cfg["folds"], "epochs": cfg["epochs"], "seed": cfg["seed"],
                      "data_digest": train_split.digest, "search_space": space}
@@ -54,8 +54,8 @@ class Search:
             changed = ", ".join(f"{k}={previous[k]!r}" for k in settings if previous.get(k) != settings[k])
             raise ConfigError(f"study {cfg['study_name']!r} was run with {changed}: rerun it with the same "
                               "settings, or start a new study with another --study-name")
-        self.folds = cv.fold_indices(train_split.labels, cfg["folds"], cfg["seed"])
-        self.runner = runner  # a cv.FoldRunner
+        self.folds = folds.fold_indices(train_split.labels, cfg["folds"], cfg["seed"])
+        self.runner = runner  # a folds.FoldRunner
         self.params = {"study_name": cfg["study_name"], "storage": storage_label, "folds": cfg["folds"],
                        "sampler": "TPESampler(multivariate, constant_liar, seed)",
                        "pruner": "WilcoxonPruner(p_threshold=0.1)", "search_space": str(space)}
@@ -94,7 +94,7 @@ class Search:
             yield self
         except KeyboardInterrupt:
             self.client.set_terminated(run_id, "KILLED")
-            done = studies.count_finished(self.study)
+            done = design.count_finished(self.study)
             print(f"\ninterrupted with {done} finished trial(s); rerun the same command to resume",
                   file=sys.stderr)
             raise
@@ -150,10 +150,10 @@ class Search:
             # after workers too: what a dead worker left undone is redone here; trials that workers
             # elsewhere still run are waited for
             deadline = time.monotonic() + self.cfg["timeout"] if self.cfg["timeout"] else math.inf
-            while studies.count_finished(self.study) < self.cfg["trials"] and time.monotonic() < deadline:
+            while design.count_finished(self.study) < self.cfg["trials"] and time.monotonic() < deadline:
                 if not self.work(on_trial=lambda: self._progress(shown)):
                     break
-                if studies.count_finished(self.study) < self.cfg["trials"]:
+                if design.count_finished(self.study) < self.cfg["trials"]:
                     time.sleep(2)
                     self._progress(shown)
             self._end_stray_runs()
@@ -218,7 +218,7 @@ class Search:
         try:
             with self.lock():
                 claims.fail_orphans(self.study, self.watch, self._kill_trial_run, claims_locked=True)
-                active = self.study.get_trials(deepcopy=False, states=studies.FINISHED + (TrialState.RUNNING,))
+                active = self.study.get_trials(deepcopy=False, states=design.FINISHED + (TrialState.RUNNING,))
                 if len(active) < self.cfg["trials"]:
                     trial = self.study.ask()
                     trial.set_user_attr("owner", claims.OWNER)
@@ -236,7 +236,7 @@ class Search:
     def _start_trial(self, trial: optuna.Trial) -> "_Running":
         """Hand a claimed trial's folds to the fold runner, then make its MLflow child run while they train."""
         faults.point("trial.claimed")
-        config = TrainConfig(epochs=self.cfg["epochs"], seed=self.cfg["seed"], **studies.suggest(trial, self.space))
+        config = TrainConfig(epochs=self.cfg["epochs"], seed=self.cfg["seed"], **design.suggest(trial, self.space))
         running = _Running(trial)
         try:
             running.fold_results = self.runner.accuracies(config, self.folds)

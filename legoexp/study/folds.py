@@ -19,7 +19,6 @@ import importlib
 import multiprocessing
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -27,7 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from legoexp import timings
+from legoexp.ops import timings
+from legoexp.ops.proc import die_with, start_ticks
 
 if TYPE_CHECKING:  # a worker sets MXNet up before it first loads it: see _init_worker
     from legoexp.train import TrainConfig
@@ -78,26 +78,8 @@ def _quietly(fn) -> None:
         os.close(devnull)
 
 
-def die_with(parent: int) -> None:
-    """End this worker process when ``parent`` goes, even by ``kill -9`` (it gets no chance to stop us)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # it died before prctl took hold
-            os._exit(1)
-    except OSError:  # not Linux: watch the parent instead
-        def watch():
-            while os.getppid() == parent:
-                time.sleep(1)
-            os._exit(1)
-
-        threading.Thread(target=watch, daemon=True).start()
-
-
 def _worker_fold(config, fit_idx, val_idx) -> float:
-    from legoexp import faults
+    from legoexp.ops import faults
 
     faults.point("fold.train")
     return fold_accuracy(config, *_split, fit_idx, val_idx)
@@ -133,26 +115,19 @@ def _folds_dir_prefix() -> str:
     """This process's prefix for its folds directory, after removing those of owners that are gone.
 
     A sweep killed with ``kill -9`` cannot remove its directory. The name holds the owner's pid and
-    its start time (/proc/PID/stat field 22; a reused pid has another), so a directory goes only
+    its start time (``ops.proc.start_ticks``; a reused pid has another), so a directory goes only
     once its owner is proven gone; one named before owners were recorded goes when a day old."""
     import re
     import shutil
     from pathlib import Path
 
-    def started(pid) -> str | None:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().rpartition(")")[2].split()[19]  # the fields after the name start at 3
-        except (OSError, IndexError):
-            return None
-
-    mine = started(os.getpid())
+    mine = start_ticks(os.getpid())
     if mine is None:  # no /proc (not Linux): no owner can be proven gone
         return "legoexp-folds-"
     for path in Path(tempfile.gettempdir()).glob("legoexp-folds-*"):
         owner = re.fullmatch(r"legoexp-folds-(\d+)-(\d+)-.+", path.name)
         try:
-            gone = started(owner[1]) != owner[2] if owner else time.time() - path.stat().st_mtime > 86400
+            gone = start_ticks(owner[1]) != owner[2] if owner else time.time() - path.stat().st_mtime > 86400
         except OSError:  # removed meanwhile by another sweep starting
             continue
         if gone:

@@ -14,7 +14,7 @@ import time
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts
+from legoexp.study.design import FINISHED  # what --trials counts
 
 
 def _style(quiet: bool, stream) -> str:
@@ -41,7 +41,7 @@ class Trials:
         self.started = time.monotonic()
         finished = [t for t in trials if t.state.is_finished()]
         self.seen = {t.number for t in finished}
-        self.done = sum(t.state in COUNTED for t in finished)
+        self.done = sum(t.state in FINISHED for t in finished)
         self.best = max((t for t in finished if t.state == TrialState.COMPLETE), key=lambda t: t.value, default=None)
         self.bar = None
         if self.style == "bar":
@@ -55,7 +55,7 @@ class Trials:
                      key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
         for trial in new:
             self.seen.add(trial.number)
-            self.done += trial.state in COUNTED
+            self.done += trial.state in FINISHED
             if trial.state == TrialState.COMPLETE and (self.best is None or trial.value > self.best.value):
                 self.best = trial
             if self.style == "lines":

@@ -3,7 +3,7 @@
 ``lab_loop`` is the notebook's training loop as written there (Gluon DataLoader with ToTensor +
 Normalize per batch, not hybridized, ``Trainer.step`` and a metric update per batch; its shuffle
 is NumPy's global generator), and ``lab_accuracy`` its way of scoring. ``numpy_peer`` is the same
-MLP, data, batch size and SGD written directly in NumPy. ``python -m legoexp.peers`` is the sweep
+MLP, data, batch size and SGD written directly in NumPy. ``python -m legoexp.bench.peers`` is the sweep
 a user would write without legoexp, from optuna-examples' MLflow pattern: seeded TPE on an
 in-memory study, one ``mlflow.start_run`` per trial, the lab's loop on each of the stratified
 folds, no pruning, the same search space. ``python -m legoexp.bench`` times all of them.
@@ -103,16 +103,16 @@ def peer_sweep(data: str, trials: int, folds: int, epochs: int, seed: int) -> fl
     import optuna
     from sklearn.model_selection import StratifiedKFold
 
-    from legoexp import study as studies
     from legoexp.data import load_split, open_source
+    from legoexp.study import design
 
     split = load_split(open_source(data), "train")
-    space = studies.load_space()
+    space = design.load_space()
     mlflow.set_experiment("peer-sweep")
     splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(split.images, split.labels))
 
     def objective(trial: optuna.Trial) -> float:
-        params = studies.suggest(trial, space)
+        params = design.suggest(trial, space)
         with mlflow.start_run(run_name=f"trial-{trial.number}"):
             mlflow.log_params(params)
             accuracies = []
@@ -130,7 +130,7 @@ def peer_sweep(data: str, trials: int, folds: int, epochs: int, seed: int) -> fl
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m legoexp.peers", description="The straightforward sweep "
+    p = argparse.ArgumentParser(prog="python -m legoexp.bench.peers", description="The straightforward sweep "
                                 "(what the benchmark's --peer-sweep times): TPE, a run per trial, the lab's loop.")
     p.add_argument("--data", default="synthetic")
     p.add_argument("--trials", type=int, default=30)
@@ -144,6 +144,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from legoexp.errors import run_main
+    from legoexp.ops.command import run_main
 
     run_main(main)

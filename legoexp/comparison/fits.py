@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from legoexp import timings
+from legoexp.comparison.stats import PairedResult, paired_comparison
 from legoexp.evaluate import evaluate
-from legoexp.stats import PairedResult, paired_comparison
+from legoexp.ops import timings
 from legoexp.train import TrainConfig, train
 
 

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from legoexp.config import CONF_DIR, read_yaml
 from legoexp.errors import ConfigError
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials that --trials counts
 SPACE_KEYS = {"hidden1", "hidden2", "lr", "batch_size"}
 
 

@@ -11,11 +11,12 @@ import mlflow
 import numpy as np
 from optuna.trial import TrialState
 
-from legoexp import faults, plots, progress, registry, timings, tracking
-from legoexp import study as studies
-from legoexp.compare import compare, fit_configs
-from legoexp.evidence import log_comparison, read_comparison, seeds_text
-from legoexp.stats import paired_comparison
+from legoexp import plots, registry, tracking
+from legoexp.comparison.fits import compare, fit_configs
+from legoexp.comparison.runs import log_comparison, read_comparison, seeds_text
+from legoexp.comparison.stats import paired_comparison
+from legoexp.ops import faults, timings
+from legoexp.study import design, progress
 from legoexp.train import TrainConfig
 
 
@@ -29,7 +30,7 @@ def log_study(search) -> None:
     tracking.set_tags(search.parent_id, {f"best_{k}": v for k, v in best.params.items()} |
                       {"best_trial": best.number})
     tracking.log_metrics(search.parent_id, {"val_accuracy": best.value,
-                                          "finished_trials": studies.count_finished(search.study)})
+                                          "finished_trials": design.count_finished(search.study)})
     values = [t.value for t in search.study.get_trials(states=(TrialState.COMPLETE,))]
     figures = {"expected_best_val_accuracy": plots.expected_max_curve(values)}
     drawers = {"optimization_history": ovm.plot_optimization_history,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 
-from legoexp.errors import ConfigError, UserError
+from legoexp.errors import ConfigError, UserError, first_line
 
 _ADVISORY_LOCK_KEY = 0x1E90E  # any constant: the advisory lock all legoexp processes agree on
 HEARTBEAT = 10  # seconds, sweep's default --heartbeat: the time scale of the connection settings below
@@ -30,11 +30,6 @@ def _journal_path(url: str, default_dir: Path) -> Path | None:
     if not path.parent.is_dir():
         raise ConfigError(f"storage={url!r}: directory {path.parent} does not exist")
     return path
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def connect_args(url: str, heartbeat: int = HEARTBEAT) -> dict:
@@ -85,7 +80,7 @@ class StudyLock:
             try:
                 self.engine = create_engine(url, poolclass=NullPool, connect_args=connect_args(url, heartbeat))
             except Exception as e:
-                raise ConfigError(f"storage={url!r}: cannot open it as an Optuna storage ({_first_line(e)})") from None
+                raise ConfigError(f"storage={url!r}: cannot open it as an Optuna storage ({first_line(e)})") from None
         self.url = url
 
     @contextlib.contextmanager
@@ -108,7 +103,7 @@ class StudyLock:
         except Exception as e:
             if first:
                 raise ConfigError(f"storage={self.url!r}: cannot open it as an Optuna storage "
-                                  f"({_first_line(e)})") from None
+                                  f"({first_line(e)})") from None
             raise
         held = False
         try:
@@ -149,10 +144,10 @@ def open_storage(url: str, default_dir: Path, heartbeat: int = HEARTBEAT):
     except ConfigError:
         raise
     except ValueError as e:  # Optuna's replay of a journal damaged in its middle
-        raise ConfigError(f"storage={url!r}: the journal is damaged ({_first_line(e)}); it cannot be resumed, "
+        raise ConfigError(f"storage={url!r}: the journal is damaged ({first_line(e)}); it cannot be resumed, "
                           "start a new one (another --storage or --study-name)") from None
     except Exception as e:
-        raise ConfigError(f"storage={url!r}: cannot open it as an Optuna storage ({_first_line(e)})") from None
+        raise ConfigError(f"storage={url!r}: cannot open it as an Optuna storage ({first_line(e)})") from None
 
 
 def repair_journal(path: Path) -> int:

@@ -4,15 +4,12 @@ Params use the training config's keys (``epochs``, ``lr``, ``batch_size``, ``hid
 ``hidden2``, ``seed``) plus ``data``, ``data_source`` and ``data_digest`` (the training split's
 digest); metrics are ``train_loss`` / ``train_accuracy`` per epoch (step = epoch),
 ``val_accuracy`` for cross-validation and ``test_loss`` / ``test_accuracy`` at the end. Metrics
-go in batches (one store transaction each) and the model is logged with explicit requirements,
-because MLflow's inference of both is slow and, for MXNet, fails.
+go in batches (one store transaction each). The model is logged by ``tracking.pyfunc``.
 """
 
 import os
-import tempfile
 import time
 import warnings
-from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -22,14 +19,12 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from legoexp.data import Source, Split
-from legoexp.errors import UserError
-from legoexp.serving import SIGNATURE, export_net
+from legoexp.errors import UserError, first_line
 from legoexp.train import TrainConfig
 
 DEFAULT_EXPERIMENT = "legoexp"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars garble our progress lines
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a line per run on a server
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def use_experiment(name: str | None) -> None:
@@ -72,9 +67,7 @@ def store_failure(e: Exception) -> Exception:
     database) becomes one line naming it; anything else (a bug) is ``e`` itself."""
     if getattr(e, "error_code", None) not in STORE_FAILURES:
         return e
-    text = str(getattr(e, "message", e)).strip()
-    detail = text.splitlines()[0][:300] if text else type(e).__name__
-    return UserError(f"the tracking store {mlflow.get_tracking_uri()} failed ({detail}); when it works again, "
+    return UserError(f"the tracking store {mlflow.get_tracking_uri()} failed ({first_line(e)[:300]}); when it works again, "
                      "rerun the same command to resume")
 
 
@@ -120,21 +113,3 @@ def log_figures(figures: dict) -> None:
     """Each figure as ``plots/<name>.png``."""
     for name, fig in figures.items():
         mlflow.log_figure(fig, f"plots/{name}.png")
-
-
-def pip_requirements() -> list[str]:
-    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "mxnet", "numpy", "pandas")]
-
-
-def log_model(net, input_example, name: str = "model"):
-    """Log ``net`` as a LegoClassifier pyfunc; returns MLflow's ModelInfo (``model_uri``)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=os.path.join(_PACKAGE_DIR, "pyfunc_model.py"),
-            artifacts=export_net(net, tmp),
-            code_paths=[_PACKAGE_DIR],
-            signature=SIGNATURE,
-            input_example=input_example,
-            pip_requirements=pip_requirements(),
-        )

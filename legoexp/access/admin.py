@@ -18,8 +18,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from legoexp.errors import AccessError, UserError, run_main
-from legoexp.rights import ROLE_NAMES, ROLES, login, rank, refusal, server
+from legoexp.access.rights import ROLE_NAMES, ROLES, login, rank, refusal, server
+from legoexp.errors import AccessError, UserError
 
 INIT_USERS = ("sweep", "worker", "promoter")  # init: one user per role, named after it
 DEFAULT_MODEL = "lego-classifier"
@@ -177,6 +177,3 @@ def main(argv=None) -> int:
             ensure_permission(admin, user, kind, resource_id, level, label)
     return 0
 
-
-if __name__ == "__main__":
-    run_main(main)

@@ -10,7 +10,7 @@ behind it; :func:`apply` changes tags and aliases together, undoing itself if a 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from legoexp import faults
+from legoexp.ops import faults
 
 
 def alias_version(name: str, alias: str) -> str | None:

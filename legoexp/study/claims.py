@@ -17,22 +17,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from legoexp.ops.proc import start_ticks
 
-def _started(pid: int) -> str | None:
-    """The start time of process ``pid`` (clock ticks after boot), or None if there is none."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-OWNER = f"{socket.gethostname()}:{os.getpid()}:{_started(os.getpid()) or ''}"
+OWNER = f"{socket.gethostname()}:{os.getpid()}:{start_ticks(os.getpid()) or ''}"
 
 
 def owner_gone(owner: str) -> bool:
@@ -41,7 +33,7 @@ def owner_gone(owner: str) -> bool:
     pid, _, start = rest.partition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False  # another host's: only its heartbeat can tell
-    now = _started(int(pid))
+    now = start_ticks(int(pid))
     if now is None:
         try:  # no /proc (not Linux): ask the kernel
             os.kill(int(pid), 0)

@@ -1,0 +1,5 @@
+"""``python -m legoexp.bench``: legoexp's speed against its peers, measured in one run.
+
+``__main__``: the benchmark. ``peers``: what it compares with: the lab's own loop, the same net in
+NumPy, and the straightforward Optuna + MLflow sweep (``python -m legoexp.bench.peers``).
+"""

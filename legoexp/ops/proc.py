@@ -1,0 +1,38 @@
+"""What ``/proc`` says of a process, and child processes that end with their parent.
+
+A pid alone does not name a process: the kernel reuses pids. The pair (pid, start time) does, so
+``start_ticks`` is what the sweep's claims, its fold directories and the timings read to tell a
+live owner from a dead one, and to anchor a command's wall time at its process's start.
+"""
+
+import os
+import threading
+import time
+
+
+def start_ticks(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks after boot (/proc/PID/stat field 22), or None
+    when there is no such process (or no /proc: not Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[19]  # the fields after the name start at 3
+    except (OSError, IndexError):
+        return None
+
+
+def die_with(parent: int) -> None:
+    """End this (child) process when ``parent`` goes, even by ``kill -9`` (it gets no chance to stop us)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before prctl took hold
+            os._exit(1)
+    except OSError:  # not Linux: watch the parent instead
+        def watch():
+            while os.getppid() == parent:
+                time.sleep(1)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
