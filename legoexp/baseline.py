@@ -20,20 +20,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from legoexp import config
-from legoexp.config import Setting, int_range, positive_float
 from legoexp.errors import UserError
 from legoexp.ops import faults, timings
 from legoexp.ops.command import run_main
 
-SETTINGS = {
-    "data": Setting(str),
-    "epochs": int_range(1, 10_000),
-    "lr": positive_float(1e6),
-    "batch_size": int_range(1, 1_000_000),
-    "hidden1": int_range(1, 16_384),
-    "hidden2": int_range(1, 16_384),
-    "seed": int_range(0, 2**31 - 1),
-}
+SETTINGS = config.settings("baseline")
 SINGLE_INDEX = 25  # the lab predicts test image #25 on its own
 BATCH_SIZE_SHOWN = 16  # ... and then a batch of 16
 
@@ -44,14 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Train the lab's MLP once and log params, metrics, charts and the model to MLflow.",
         epilog="Defaults come from conf/baseline.yaml; --config FILE overrides them; options override both. "
                "The tracking store is MLflow's (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db).")
-    p.add_argument("--data", help="'synthetic' (built-in generated set), 'synthetic:SEED', a directory "
-                                  "holding the lab's lego-simple-mx-train/-test, or train.npz + test.npz")
-    for key, kind in (("epochs", int), ("lr", float), ("batch_size", int),
-                      ("hidden1", int), ("hidden2", int), ("seed", int)):
-        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, help="default: conf/baseline.yaml")
-    p.add_argument("--config", metavar="FILE", help="an experiments/*.yaml file of overrides")
-    p.add_argument("--experiment-name", help="MLflow experiment (default 'legoexp'; ignored under "
-                                             "`mlflow run`, which picks its own)")
+    config.add_options(p, "baseline")
+    p.add_argument("--experiment-name", "--experiment_name",
+                   help=f"{config.SETTINGS['experiment_name'].help} (default: 'legoexp')")
     return p.parse_args(argv)
 
 
@@ -98,8 +84,7 @@ def main(argv=None) -> int:
     # MXNet, MLflow and matplotlib load and the charts are drawn: 0.7 s of about 4.
     gc.disable()
     args = parse_args(argv)
-    options = {k: getattr(args, k) for k in SETTINGS}
-    cfg = config.resolve("baseline", SETTINGS, args.config, options)
+    cfg = config.resolve("baseline", SETTINGS, args.config, config.options(args, "baseline"))
 
     from legoexp.data import load_split, open_source
 
@@ -118,9 +103,9 @@ def main(argv=None) -> int:
 
 def _train_and_log(args, cfg, source, train_split, test_split, charts, directory) -> int:
     from legoexp.evaluate import evaluate
-    from legoexp.train import Diverged, TrainConfig, train
+    from legoexp.train import Diverged, train
 
-    train_config = TrainConfig(**{k: v for k, v in cfg.items() if k != "data"})
+    train_config = config.TrainConfig(**{k: cfg[k] for k in config.HYPERPARAMETERS})
     timings.lap("startup")
     print(f"training on {len(train_split)} images from {source.uri} ({train_config})")
 

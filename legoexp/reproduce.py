@@ -17,11 +17,11 @@ from functools import partial
 
 import numpy as np
 
+from legoexp.config import HYPERPARAMETERS, SETTINGS, TrainConfig, read_config
 from legoexp.errors import DataError, UserError
 from legoexp.ops.command import run_main
 from legoexp.study.folds import fold_accuracy, fold_indices
 
-CONFIG_KEYS = {"epochs": int, "lr": float, "batch_size": int, "hidden1": int, "hidden2": int, "seed": int}
 BASELINE_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 FOLD = "val_accuracy_fold"  # + k: a trial's accuracy on fold k
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -76,17 +76,15 @@ def _latest_named(client, name: str):
     return runs[0] if runs else None
 
 
-def train_config(run):
-    from legoexp.train import TrainConfig
-
-    params, values = run.data.params, {}
-    for key, kind in CONFIG_KEYS.items():
+def train_config(run) -> TrainConfig:
+    params = run.data.params
+    for key in HYPERPARAMETERS:
         try:
-            values[key] = kind(params[key])
+            read_config(params, keys=[key])
         except (KeyError, ValueError):
             raise UserError(f"run {run.info.run_id}: param {key}={params.get(key)!r}; expected a logged "
-                            f"{kind.__name__}") from None
-    return TrainConfig(**values)
+                            f"{SETTINGS[key].kind.__name__}") from None
+    return TrainConfig(**read_config(params))
 
 
 def load_checked(run, split: str):

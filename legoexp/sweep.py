@@ -17,43 +17,10 @@ import time
 from pathlib import Path
 
 from legoexp import config
-from legoexp.baseline import SETTINGS as BASELINE_SETTINGS
-from legoexp.config import Setting, int_range
 from legoexp.errors import ConfigError, UserError, first_line
 from legoexp.ops.command import run_main
 
-SETTINGS = {
-    "data": BASELINE_SETTINGS["data"],
-    "trials": int_range(1, 100_000),
-    "folds": int_range(2, 100),
-    "seeds": int_range(2, 100),
-    "epochs": BASELINE_SETTINGS["epochs"],
-    "seed": BASELINE_SETTINGS["seed"],
-    "timeout": Setting(float, lambda v: v >= 0, "seconds >= 0 (0 = no limit)"),
-    "study_name": Setting(str, bool, "a non-empty name"),
-    "storage": Setting(str),
-    "experiment_name": Setting(str, bool, "a non-empty name"),
-    "model_name": Setting(str, bool, "a non-empty name"),
-    "search_space": Setting(str),
-    "jobs": int_range(1, 256),
-    "heartbeat": int_range(1, 3600),
-    "wait": int_range(0, 86_400),
-}
-HELP = {
-    "trials": "finished (complete or pruned) trials the study must reach",
-    "folds": "cross-validation folds of the training split",
-    "seeds": "seeds of the final baseline-vs-best comparison",
-    "timeout": "stop searching after this many seconds (0: no limit)",
-    "storage": "Optuna storage URL (sqlite:///..., postgresql+psycopg2://...) or journal:PATH; "
-               "default: a journal file beside the MLflow store",
-    "model_name": "registered model to add the best model to",
-    "search_space": "a search-space YAML file (default: conf/search_space.yaml)",
-    "jobs": "worker processes on this machine sharing the study (default 1: trials run here, "
-            "their folds in parallel)",
-    "heartbeat": "seconds between a running trial's heartbeats; a trial silent for 3 heartbeats is failed "
-                 "and redone by the others (default 10)",
-    "wait": "with --worker: seconds to wait for a main sweep to create the study's parent run (default 300)",
-}
+SETTINGS = config.settings("sweep")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,10 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "the best with the baseline on the test split over several seeds, register it.",
         epilog="Defaults: conf/sweep.yaml, search space: conf/search_space.yaml. Rerun the same command "
                "to resume an interrupted study.")
-    for key, setting in SETTINGS.items():
-        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=setting.kind,
-                       help=HELP.get(key, "default: conf/sweep.yaml"))
-    p.add_argument("--config", metavar="FILE", help="an experiments/*.yaml file of overrides")
+    config.add_options(p, "sweep")
     p.add_argument("--worker", action="store_true",
                    help="only run trials of an existing study under its parent run, then exit (what --jobs "
                         "starts, and what other machines run; see docs/scale-out.md)")
@@ -85,17 +49,15 @@ def main(argv=None) -> int:
     # the imports, which are then frozen out of its way (see after the startup lap).
     gc.disable()
     args = parse_args(argv)
-    cfg = config.resolve("sweep", SETTINGS, args.config, {k: getattr(args, k) for k in SETTINGS})
-    lab = config.resolve("baseline", BASELINE_SETTINGS, None, {})
+    cfg = config.resolve("sweep", SETTINGS, args.config, config.options(args, "sweep"))
 
     from legoexp.data import load_split, open_source
     from legoexp.study import design
-    from legoexp.train import TrainConfig
 
     space = design.load_space(Path(cfg["search_space"]) if cfg["search_space"] else None)
-    baseline = TrainConfig(**{k: lab[k] for k in ("lr", "batch_size", "hidden1", "hidden2")},
-                           epochs=cfg["epochs"], seed=cfg["seed"])
-    baseline_point = {k: getattr(baseline, k) for k in space}
+    lab = config.defaults("baseline")
+    baseline_point = {k: lab[k] for k in config.SEARCHED}
+    baseline = config.sweep_config(cfg, baseline_point)
     design.check_contains(space, baseline_point, cfg["search_space"] or "conf/search_space.yaml")
     source = open_source(cfg["data"])
     train_split = load_split(source, "train")  # the test split is read only after the search
@@ -143,14 +105,14 @@ def main(argv=None) -> int:
         with contextlib.closing(search.runner):
             search.join(args.parent_run_id)
             if cfg["jobs"] > 1 and not args.spawned:  # N workers on this machine, none here
-                workers.run_workers(cfg["jobs"], workers.worker_command(cfg, SETTINGS), search.parent_id,
+                workers.run_workers(cfg["jobs"], workers.worker_command(cfg), search.parent_id,
                                     lambda: None)
             else:
                 search.work()
         return 0
     with search.parent_run():
         timings.lap("setup")
-        search.run(cfg["jobs"], workers.worker_command(cfg, SETTINGS), quiet=args.quiet)
+        search.run(cfg["jobs"], workers.worker_command(cfg), quiet=args.quiet)
         timings.lap("search")
         faults.point("search.done")
         with lock():  # one of the sweeps sharing the study reports; the others find it done

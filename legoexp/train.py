@@ -15,30 +15,16 @@ process. A non-finite loss stops training at that epoch with ``Diverged``.
 import ctypes
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from mxnet import autograd, gluon, nd
 from mxnet.base import _LIB, check_call
 
+from legoexp.config import TrainConfig
 from legoexp.model import INPUT_SIZE, build_net
 
 MEAN, STD = 0.13, 0.31  # the lab's Normalize(0.13, 0.31)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The hyperparameters of one fit; defaults are the lab's."""
-
-    epochs: int = 10
-    lr: float = 0.04
-    batch_size: int = 34
-    hidden1: int = 128
-    hidden2: int = 64
-    seed: int = 42
-
-    def as_params(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -156,10 +156,12 @@ def _import_seconds(importtime_log: str, packages) -> float:
 def peer_sweep(data: str, trials: int, sweep_options: list[str]) -> float:
     """Wall time of `python -m legoexp.bench.peers` from process start, with the sweep's folds, epochs and
     seed, into a new tracking store of its own."""
-    from legoexp import config, sweep
+    from legoexp import config
 
-    ns = sweep.parse_args(["--data", data, "--trials", str(trials), *sweep_options])
-    cfg = config.resolve("sweep", sweep.SETTINGS, ns.config, {k: getattr(ns, k) for k in sweep.SETTINGS})
+    options = argparse.ArgumentParser()
+    config.add_options(options, "sweep")
+    ns, _ = options.parse_known_args(["--data", data, "--trials", str(trials), *sweep_options])
+    cfg = config.resolve("sweep", config.settings("sweep"), ns.config, config.options(ns, "sweep"))
     with tempfile.TemporaryDirectory() as store:
         return _command_wall([sys.executable, "-m", "legoexp.bench.peers", "--data", data, "--trials", str(trials),
                               "--folds", str(cfg["folds"]), "--epochs", str(cfg["epochs"]), "--seed", str(cfg["seed"])],

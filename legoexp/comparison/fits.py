@@ -16,9 +16,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from legoexp.comparison.stats import PairedResult, paired_comparison
+from legoexp.config import TrainConfig
 from legoexp.evaluate import evaluate
 from legoexp.ops import timings
-from legoexp.train import TrainConfig, train
+from legoexp.train import train
 
 
 @dataclass

@@ -15,9 +15,9 @@ from legoexp import plots, registry, tracking
 from legoexp.comparison.fits import compare, fit_configs
 from legoexp.comparison.runs import log_comparison, read_comparison, seeds_text
 from legoexp.comparison.stats import paired_comparison
+from legoexp.config import TrainConfig, sweep_config
 from legoexp.ops import faults, timings
 from legoexp.study import design, progress
-from legoexp.train import TrainConfig
 
 
 def log_study(search) -> None:
@@ -66,7 +66,7 @@ def _seeds(search) -> list[int]:
 
 
 def _config(search, trial) -> TrainConfig:
-    return TrainConfig(epochs=search.cfg["epochs"], seed=search.cfg["seed"], **trial.params)
+    return sweep_config(search.cfg, trial.params)
 
 
 def compare_and_register(search, test_split, quiet: bool = False) -> None:

@@ -13,9 +13,10 @@ import itertools
 import sys
 from dataclasses import dataclass
 
+from legoexp.config import HYPERPARAMETERS, TrainConfig, read_config
 from legoexp.errors import DataError
 
-CONFIG_KEYS = {"hidden1": int, "hidden2": int, "lr": float, "batch_size": int, "epochs": int}
+CONFIG_KEYS = tuple(key for key in HYPERPARAMETERS if key != "seed")  # an arm's config: the same for all its seeds
 
 
 @dataclass(frozen=True)
@@ -25,16 +26,17 @@ class Version:
     tags: dict
 
     @property
-    def config(self) -> tuple:
+    def config(self) -> dict | None:
         return config_of(self.tags, "")
 
     def __str__(self) -> str:
         return f"version {self.number}" + (f" (@{self.role})" if self.role != "version" else "")
 
 
-def config_of(values: dict, prefix: str) -> tuple | None:
+def config_of(values: dict, prefix: str) -> dict | None:
+    """An arm's config as logged with ``prefix`` (a comparison run's params, a version's tags), or None."""
     try:
-        return tuple(kind(values[prefix + key]) for key, kind in CONFIG_KEYS.items())
+        return read_config(values, prefix, CONFIG_KEYS)
     except (KeyError, ValueError):
         return None
 
@@ -63,15 +65,14 @@ def find_evidence(client, champion: Version, candidate: Version, seeds: list[int
     return None
 
 
-def _config(arm) -> tuple:
-    return tuple(getattr(arm.config, key) for key in CONFIG_KEYS)
+def _config(arm) -> dict:
+    return {key: getattr(arm.config, key) for key in CONFIG_KEYS}
 
 
 def read_comparison(client, run):
     """``(seeds, {arm name: compare.Arm})`` of a comparison run (arms without their nets), or None
     if it lacks a config or a seed's accuracy."""
     from legoexp.comparison.fits import Arm
-    from legoexp.train import TrainConfig
 
     params = run.data.params
     try:
@@ -86,7 +87,7 @@ def read_comparison(client, run):
             history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"{name}_test_accuracy")}
             if config is None or set(history) != set(seeds):
                 return None
-            arms[name] = Arm(name, TrainConfig(**dict(zip(CONFIG_KEYS, config))), [history[s] for s in seeds], [])
+            arms[name] = Arm(name, TrainConfig(**config), [history[s] for s in seeds], [])
     return seeds, arms
 
 
@@ -146,11 +147,10 @@ def run_comparison(client, name: str, champion: Version, candidate: Version, see
                         f"were trained on data_digest {candidate.tags['data_digest']}; pass --data with that data")
     from legoexp.comparison.fits import run_arm
     from legoexp.comparison.stats import paired_comparison
-    from legoexp.train import TrainConfig
 
     print(f"no comparison of these two yet: training both over seeds {seeds_text(seeds)} on the test split",
           file=sys.stderr)
-    arms = [run_arm(role, TrainConfig(**dict(zip(CONFIG_KEYS, v.config))), seeds, train_split, test_split,
+    arms = [run_arm(role, TrainConfig(**v.config), seeds, train_split, test_split,
                     progress=lambda line: print("  " + line, file=sys.stderr))
             for role, v in (("champion", champion), ("candidate", candidate))]
     result = paired_comparison(arms[0].accuracies, arms[1].accuracies)

@@ -11,11 +11,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from legoexp.config import CONF_DIR, read_yaml
+from legoexp.config import CONF_DIR, SEARCHED, read_yaml
 from legoexp.errors import ConfigError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials that --trials counts
-SPACE_KEYS = {"hidden1", "hidden2", "lr", "batch_size"}
+SPACE_KEYS = set(SEARCHED)  # the searched hyperparameters of the settings schema
 
 
 def load_space(path: Path | None = None) -> dict:

@@ -21,11 +21,12 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from legoexp import tracking
+from legoexp.config import TrainConfig, sweep_config
 from legoexp.errors import ConfigError, UserError
 from legoexp.ops import faults
 from legoexp.study import claims, design, folds, progress, workers
 from legoexp.study.storage import LockLost
-from legoexp.train import Diverged, TrainConfig
+from legoexp.train import Diverged
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # WilcoxonPruner and the matplotlib plots are marked experimental; the warnings say nothing to a user
@@ -236,7 +237,7 @@ class Search:
     def _start_trial(self, trial: optuna.Trial) -> "_Running":
         """Hand a claimed trial's folds to the fold runner, then make its MLflow child run while they train."""
         faults.point("trial.claimed")
-        config = TrainConfig(epochs=self.cfg["epochs"], seed=self.cfg["seed"], **design.suggest(trial, self.space))
+        config = sweep_config(self.cfg, design.suggest(trial, self.space))
         running = _Running(trial)
         try:
             running.fold_results = self.runner.accuracies(config, self.folds)

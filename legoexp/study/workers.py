@@ -17,10 +17,10 @@ from collections.abc import Callable
 import mlflow
 
 
-def worker_command(cfg: dict, settings) -> list[str]:
+def worker_command(cfg: dict) -> list[str]:
     """The sweep command line that reproduces ``cfg`` exactly, for a worker."""
     args = [sys.executable, "-m", "legoexp.sweep"]
-    for key in settings:
+    for key in cfg:
         args += [f"--{key.replace('_', '-')}", str(cfg[key])]
     return args
 
