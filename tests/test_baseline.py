@@ -162,6 +162,30 @@ def test_mlflow_run_baseline_entry_point_works_and_fails_cleanly(tmp_path, mlflo
 
 
 @pytest.mark.slow
+def test_mlflow_run_reads_conf_and_an_experiment_file_as_python_m_does(tmp_path, mlflow_env, generated_lab_dir):
+    project = tmp_path / "project"
+    shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns(".git", ".venv", "*.db", "mlruns", "mlartifacts"))
+    conf = project / "conf" / "baseline.yaml"
+    conf.write_text(conf.read_text().replace("epochs: 10", "epochs: 3"))
+    experiment = project / "experiments" / "lab_baseline.yaml"
+    experiment.write_text(f"data: {generated_lab_dir}\nepochs: 2\n")
+    mlflow_cli = [sys.executable, "-m", "mlflow", "run", str(project), "-e", "baseline", "--env-manager", "local"]
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    mlflow_env = {**mlflow_env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{mlflow_env['PATH']}",
+                  "PYTHONPATH": str(project)}  # the copy's code reads the copy's conf/
+    for params in ([], ["-P", "config=experiments/lab_baseline.yaml", "-P", "batch_size=17"]):
+        proc = subprocess.run([*mlflow_cli, "--experiment-name", name, *params], capture_output=True, text=True,
+                              env=mlflow_env, cwd=project, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    from_conf, from_file = sorted(_runs(name), key=lambda r: r.info.start_time)
+    assert from_conf.data.params["epochs"] == "3" and from_conf.data.params["data"] == "synthetic"
+    assert from_file.data.params["epochs"] == "2" and from_file.data.params["batch_size"] == "17"
+    assert from_file.data.params["data_source"] == str(generated_lab_dir)
+    history = MlflowClient().get_metric_history(from_conf.info.run_id, "train_loss")
+    assert [m.step for m in history] == [1, 2, 3]
+
+
+@pytest.mark.slow
 def test_a_baseline_killed_outright_leaves_no_chart_process(tmp_path, mlflow_env):
     once = tmp_path / "held"
     proc = subprocess.Popen([sys.executable, "-m", "legoexp.baseline", "--epochs", "2", "--experiment-name",

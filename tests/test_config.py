@@ -41,3 +41,59 @@ def test_bad_config_files_are_refused_naming_file_and_key(tmp_path, text, messag
 def test_a_missing_config_file_is_named():
     with pytest.raises(ConfigError, match="nope.yaml: cannot read"):
         config.resolve("baseline", SETTINGS, "nope.yaml", {})
+
+
+def test_conf_files_hold_exactly_the_settings_of_their_command():
+    for command in config.COMMANDS:
+        assert set(config.defaults(command)) == set(config.settings(command))
+
+
+def test_train_config_is_the_schemas_hyperparameters_with_the_labs_defaults():
+    from dataclasses import fields
+
+    from legoexp.train import TrainConfig
+
+    assert [f.name for f in fields(TrainConfig)] == list(config.HYPERPARAMETERS)
+    lab = config.defaults("baseline")
+    assert TrainConfig().as_params() == {k: lab[k] for k in config.HYPERPARAMETERS}
+
+
+def test_the_search_space_holds_exactly_the_searched_hyperparameters():
+    from legoexp.study import design
+
+    assert set(design.load_space()) == set(config.SEARCHED) and "epochs" not in config.SEARCHED
+
+
+def test_a_sweeps_fit_takes_the_labs_hyperparameters_the_sweeps_own_and_the_point():
+    lab = config.defaults("baseline")
+    fit = config.sweep_config({"epochs": 3, "seed": 9, "trials": 30}, {"lr": 0.1, "hidden1": 40})
+    assert fit.as_params() == {"epochs": 3, "lr": 0.1, "batch_size": lab["batch_size"], "hidden1": 40,
+                               "hidden2": lab["hidden2"], "seed": 9}
+
+
+def test_a_config_reads_back_from_logged_strings_with_the_schemas_types():
+    logged = {"best_epochs": "10", "best_lr": "0.04", "best_batch_size": "34", "best_hidden1": "128",
+              "best_hidden2": "64", "best_seed": "42"}
+    assert config.read_config(logged, "best_") == {"epochs": 10, "lr": 0.04, "batch_size": 34, "hidden1": 128,
+                                                    "hidden2": 64, "seed": 42}
+    with pytest.raises(ValueError):
+        config.read_config({**logged, "best_epochs": "ten"}, "best_")
+
+
+@pytest.mark.parametrize("command", ["baseline", "sweep"])
+def test_help_shows_every_settings_real_default_from_conf(command):
+    from conftest import run_module
+
+    proc = run_module(f"legoexp.{command}", "--help", env={**__import__("os").environ, "COLUMNS": "500"})
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    for key, value in config.read_yaml(config.CONF_DIR / f"{command}.yaml").items():
+        assert f"--{key.replace('_', '-')}" in text and f"(default: {value!r})" in text, key
+    assert "default: conf/" not in text
+
+
+def test_an_option_may_be_given_with_underscores_as_mlflow_run_passes_it():
+    from legoexp import baseline
+
+    args = baseline.parse_args(["--batch_size", "16", "--batch-size", "17", "--config", ""])
+    assert args.batch_size == 17 and args.config is None

@@ -72,7 +72,8 @@ def open_source(spec: str) -> Source:
     directory = Path(spec).expanduser()
     if not directory.is_dir():
         raise DataError(f"data={spec!r}: no such directory; expected 'synthetic' or a directory "
-                        f"holding {LAB_FILES['train']} and {LAB_FILES['test']}, or train.npz and test.npz")
+                        f"holding {LAB_FILES['train']} and {LAB_FILES['test']} (the lab's own files, which come with the "
+                        "lab, not with legoexp: see docs/data.md), or train.npz and test.npz")
     directory = directory.resolve()
     for kind, names in (("lab", LAB_FILES), ("npz", NPZ_FILES)):
         if any((directory / n).exists() for n in names.values()):

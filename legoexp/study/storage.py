@@ -1,7 +1,8 @@
 """Where a study lives: opening its Optuna storage, repairing a torn journal, and the study's lock.
 
-``--storage`` is an Optuna URL (``sqlite:///...``, ``postgresql+psycopg2://...``) or
-``journal:PATH`` for Optuna's journal file, the default beside the MLflow store. Every process
+``--storage`` is an Optuna URL (``sqlite:///...``, ``postgresql+psycopg2://...``), or Optuna's
+journal file: ``journal:PATH``, a ``PATH`` ending in ``.journal``, or '' for the default beside the
+MLflow store. Every process
 of a study (main sweeps, ``--worker`` s, ``--jobs`` workers, on any host) serialises through one
 ``StudyLock``: a ``flock`` on a file beside a file storage, a PostgreSQL advisory lock on a
 database. Under it a process creates the storage's schema, the study, the MLflow experiment and
@@ -24,6 +25,9 @@ HEARTBEAT = 10  # seconds, sweep's default --heartbeat: the time scale of the co
 
 
 def _journal_path(url: str, default_dir: Path) -> Path | None:
+    """The journal file of ``url`` ('', ``journal:PATH`` or a ``PATH.journal``), or None for a database URL."""
+    if url.endswith(".journal") and "://" not in url and not url.startswith("journal:"):
+        url = f"journal:{url}"
     if url and not url.startswith("journal:"):
         return None
     path = Path(url.partition(":")[2] or default_dir / "optuna.journal")
@@ -80,7 +84,8 @@ class StudyLock:
             try:
                 self.engine = create_engine(url, poolclass=NullPool, connect_args=connect_args(url, heartbeat))
             except Exception as e:
-                raise ConfigError(f"storage={url!r}: cannot open it as an Optuna storage ({first_line(e)})") from None
+                raise ConfigError(f"storage={url!r}: cannot open it as an Optuna storage ({first_line(e)})"
+                                  f"{_hint(url)}") from None
         self.url = url
 
     @contextlib.contextmanager
@@ -147,7 +152,17 @@ def open_storage(url: str, default_dir: Path, heartbeat: int = HEARTBEAT):
         raise ConfigError(f"storage={url!r}: the journal is damaged ({first_line(e)}); it cannot be resumed, "
                           "start a new one (another --storage or --study-name)") from None
     except Exception as e:
-        raise ConfigError(f"storage={url!r}: cannot open it as an Optuna storage ({first_line(e)})") from None
+        raise ConfigError(f"storage={url!r}: cannot open it as an Optuna storage ({first_line(e)}){_hint(url)}") from None
+
+
+def _hint(url: str) -> str:
+    """What the user probably meant, for the URLs people write that SQLAlchemy does not take."""
+    scheme = url.partition("://")[0]
+    if scheme in ("postgres", "postgresql"):
+        return "; write postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DB"
+    if "://" not in url:
+        return "; expected a URL (sqlite:///optuna.db, postgresql+psycopg2://...), journal:PATH or a PATH ending in .journal"
+    return ""
 
 
 def repair_journal(path: Path) -> int:
@@ -175,10 +190,9 @@ def repair_journal(path: Path) -> int:
 
 def storage_label(url: str, default_dir: Path) -> str:
     """The storage as logged: never with a password in it."""
-    if not url:
-        return f"journal:{default_dir / 'optuna.journal'}"
-    if url.startswith("journal:"):
-        return url
+    journal = _journal_path(url, default_dir)
+    if journal:
+        return f"journal:{journal}"
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)

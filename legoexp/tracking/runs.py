@@ -76,7 +76,13 @@ def run_params(config: TrainConfig, data: str, source: Source, train: Split) -> 
 
 
 def log_params(run_id: str, params: dict) -> None:
-    MlflowClient().log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    """Log ``params`` on a run. On the run that ``mlflow run`` made, the settings given as ``-P key=value``
+    are logged already, as the user wrote them (``0.040``): params cannot change, so those are kept."""
+    client = MlflowClient()
+    if run_id == os.environ.get("MLFLOW_RUN_ID"):
+        logged = client.get_run(run_id).data.params
+        params = {k: v for k, v in params.items() if k not in logged}
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
 
 def set_tags(run_id: str, tags: dict) -> None:
