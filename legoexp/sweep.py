@@ -12,12 +12,14 @@ a crash runs only what is missing.
 import argparse
 import contextlib
 import gc
+import math
 import sys
 import time
 from pathlib import Path
 
 from legoexp import config
 from legoexp.errors import ConfigError, UserError, first_line
+from legoexp.ops import timings
 from legoexp.ops.command import run_main
 
 SETTINGS = config.settings("sweep")
@@ -39,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar (in a terminal) or progress lines (in a log) for trials and fits")
     p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)  # a worker --jobs started
+    p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)  # its main sweep's, as time.time()
     return p.parse_args(argv)
 
 
@@ -50,6 +53,8 @@ def main(argv=None) -> int:
     gc.disable()
     args = parse_args(argv)
     cfg = config.resolve("sweep", SETTINGS, args.config, config.options(args, "sweep"))
+    # one deadline for the whole command, from its process's start; --jobs workers get it as --deadline
+    deadline = args.deadline or (time.time() - timings.since_start() + cfg["timeout"] if cfg["timeout"] else math.inf)
 
     from legoexp.data import load_split, open_source
     from legoexp.study import design
@@ -66,13 +71,13 @@ def main(argv=None) -> int:
         raise ConfigError(f"folds={cfg['folds']}: the smallest class of {train_split.where} has only "
                           f"{smallest} images; expected folds <= {smallest}")
 
-    from legoexp.ops import timings
     from legoexp.study import folds
 
     # started first: its workers load MXNet while this process loads MLflow and sets up
     runner = folds.FoldRunner(train_split.images, train_split.labels, folds.worker_count(cfg["folds"], cfg["jobs"]))
 
     import mlflow
+    from optuna.trial import TrialState
 
     from legoexp import tracking
     from legoexp.access import rights
@@ -95,7 +100,8 @@ def main(argv=None) -> int:
             storage = open_storage(cfg["storage"], store_dir, cfg["heartbeat"])  # a bad URL fails before anything is created
             tracking.use_experiment(cfg["experiment_name"])
             search = Search(cfg, space, baseline, source, train_split, storage,
-                            storage_label=storage_label(cfg["storage"], store_dir), lock=lock, runner=runner)
+                            storage_label=storage_label(cfg["storage"], store_dir), lock=lock, runner=runner,
+                            deadline=deadline)
             if not args.worker:
                 search.open_parent()
     except BaseException:
@@ -115,6 +121,9 @@ def main(argv=None) -> int:
         search.run(cfg["jobs"], workers.worker_command(cfg), quiet=args.quiet)
         timings.lap("search")
         faults.point("search.done")
+        if not search.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            raise UserError(f"no trial of study {cfg['study_name']!r} completed (all pruned or failed, or none "
+                            "started within --timeout); give it more trials or time, then rerun the same command")
         with lock():  # one of the sweeps sharing the study reports; the others find it done
             comparing = report.needs_comparison(search)
             if comparing:

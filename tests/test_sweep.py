@@ -253,6 +253,31 @@ def test_same_seed_gives_the_same_sequence_of_trial_params_and_the_same_importan
     assert importances[0] == importances[1]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_timeout_is_one_deadline_for_the_whole_command_workers_included(mlflow_env, tracking_uri, jobs):
+    proc, name = _sweep(mlflow_env, "--trials", "500", "--timeout", "20", "--jobs", str(jobs), *TINY)
+    assert proc.returncode == 0, proc.stderr
+    trials = _study(_store_dir(tracking_uri), name).get_trials()
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert 0 < done < 500
+    assert f"stopped at the time limit (--timeout 20 s): {done} of 500 trials finished" in proc.stderr
+    # the deadline is 20 s after the command started, so at most 20 s after its first trial started:
+    # no process claimed a trial later, and every claimed trial ended
+    first = min(t.datetime_start for t in trials)
+    assert all((t.datetime_start - first).total_seconds() <= 20 for t in trials)
+    assert all(t.state.is_finished() for t in trials)
+    assert {r.info.status for r in _runs(name)} == {"FINISHED"}
+
+
+def test_a_time_limit_reached_before_any_trial_completed_is_one_line_and_nothing_running(mlflow_env):
+    proc, name = _sweep(mlflow_env, "--timeout", "0.01", *TINY)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no trial of study")
+    assert "Traceback" not in proc.stderr
+    assert {r.info.status for r in _runs(name)} == {"FAILED"}  # the parent run
+
+
 @pytest.mark.parametrize("args, message", [
     (["--trials", "0"], "trials=0; expected an integer 1..100000"),
     (["--folds", "1"], "folds=1; expected an integer 2..100"),

@@ -34,9 +34,11 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 class Search:
-    def __init__(self, cfg, space, baseline: TrainConfig, source, train_split, storage, storage_label, lock, runner):
-        """Load or create the study; call it holding ``lock``, the study's lock (``storage.StudyLock``)."""
-        self.cfg, self.space, self.baseline = cfg, space, baseline
+    def __init__(self, cfg, space, baseline: TrainConfig, source, train_split, storage, storage_label, lock, runner,
+                 deadline: float = math.inf):
+        """Load or create the study; call it holding ``lock``, the study's lock (``storage.StudyLock``).
+        ``deadline``: the ``time.time()`` after which no trial is claimed (the command's ``--timeout``)."""
+        self.cfg, self.space, self.baseline, self.deadline = cfg, space, baseline, deadline
         self.source, self.train_split, self.storage, self.lock = source, train_split, storage, lock
         self.watch = claims.Watch(cfg["heartbeat"])
         self.client = MlflowClient()
@@ -146,12 +148,12 @@ class Search:
         """Reach ``trials`` finished trials: here, or in ``jobs`` worker processes watched from here."""
         shown = progress.Trials(self.cfg["trials"], self.study.get_trials(deepcopy=False), quiet)
         try:
-            if jobs > 1:
-                workers.run_workers(jobs, worker_args, self.parent_id, lambda: self._progress(shown))
+            if jobs > 1:  # they stop claiming at this command's deadline too
+                deadline = ["--deadline", repr(self.deadline)] if math.isfinite(self.deadline) else []
+                workers.run_workers(jobs, [*worker_args, *deadline], self.parent_id, lambda: self._progress(shown))
             # after workers too: what a dead worker left undone is redone here; trials that workers
             # elsewhere still run are waited for
-            deadline = time.monotonic() + self.cfg["timeout"] if self.cfg["timeout"] else math.inf
-            while design.count_finished(self.study) < self.cfg["trials"] and time.monotonic() < deadline:
+            while design.count_finished(self.study) < self.cfg["trials"] and time.time() < self.deadline:
                 if not self.work(on_trial=lambda: self._progress(shown)):
                     break
                 if design.count_finished(self.study) < self.cfg["trials"]:
@@ -160,6 +162,10 @@ class Search:
             self._end_stray_runs()
         finally:
             shown.close()
+        done = design.count_finished(self.study)
+        if done < self.cfg["trials"] and time.time() >= self.deadline:
+            print(f"stopped at the time limit (--timeout {self.cfg['timeout']:g} s): {done} of {self.cfg['trials']} "
+                  "trials finished; rerun the same command to go on", file=sys.stderr)
 
     def _end_stray_runs(self) -> None:
         """End, as their trial ended, the trial runs still RUNNING whose trial has ended: their process
@@ -185,10 +191,9 @@ class Search:
         last folds are in, so the workers never wait for this process's bookkeeping between trials.
         It is claimed at the same step whatever the timing (the current trial is RUNNING, the one
         before it told), so a seed gives the same study."""
-        deadline = time.monotonic() + self.cfg["timeout"] if self.cfg["timeout"] else math.inf
         failures, current = 0, None
         while True:
-            stopping = failures > self.cfg["trials"] or time.monotonic() >= deadline
+            stopping = failures > self.cfg["trials"] or time.time() >= self.deadline
             trial = None if stopping else self._claim()
             try:
                 upcoming = self._start_trial(trial) if trial is not None else None
