@@ -3,7 +3,8 @@
 The shell blocks of the sections in ``RUN`` are read from README.md itself, so they cannot drift
 from what the tests run. Each line (with its ``\\`` continuations) is one command, expected to exit
 0 unless its comment says ``exit N``; a command ending in ``&`` runs in the background until a
-later ``kill %1``. Only the port of the served model changes (to a free one). ``python
+later ``kill %1``. The example outputs of README.md and docs/*.md headed ``<!-- output of: COMMAND
+-->`` are compared with what COMMAND printed (tests/test_docs.py says how they are read). Only the port of the served model changes (to a free one). ``python
 tests/test_readme.py DIR`` runs the same commands in DIR (e.g. a fresh clone, in its venv) and
 prints each one's exit status and wall time.
 """
@@ -22,6 +23,7 @@ README = ROOT / "README.md"
 PATH_SECTION = "## The whole path, step by step"
 UV_SECTION = "## Isolated environments: `--env-manager uv`"
 SERVE_PORT = "5001"
+MARK = "::readme-command::"  # a line of the output log before the output of each command: MARK N
 
 
 def section(heading: str, text: str | None = None) -> str:
@@ -57,8 +59,9 @@ def run_commands(commands_: list[str], cwd: Path, env: dict, timeout: float) -> 
 
     script, results = cwd / ".readme-commands.sh", cwd / ".readme-status"
     lines = []
-    for command in commands_:
-        lines += ["start=$(date +%s.%N)", command, f'echo "$? $start $(date +%s.%N)" >> {results}']
+    for i, command in enumerate(commands_):
+        lines += [f"printf '\\n{MARK} {i}\\n'", "start=$(date +%s.%N)", command,
+                  f'echo "$? $start $(date +%s.%N)" >> {results}']
     script.write_text("\n".join(lines) + "\n")
     results.unlink(missing_ok=True)
     log = cwd / ".readme-output.log"
@@ -74,6 +77,17 @@ def run_commands(commands_: list[str], cwd: Path, env: dict, timeout: float) -> 
     statuses = results.read_text().splitlines() if results.exists() else []
     return [(command, int(status), float(end) - float(start))
             for command, (status, start, end) in zip(commands_, (line.split() for line in statuses))]
+
+
+def outputs(log: str) -> dict[int, str]:
+    """What each command printed, by its index, from a log of ``run_commands`` (a server started with
+    ``&`` goes on printing into the outputs of the commands after it). A log that later runs appended
+    to (the uv section's) gives the first run's."""
+    parts = re.split(rf"^{re.escape(MARK)} (\d+)$", log, flags=re.M)
+    found: dict[int, str] = {}
+    for i, text in zip(parts[1::2], parts[2::2]):
+        found.setdefault(int(i), text)
+    return found
 
 
 def table(results) -> str:
@@ -135,6 +149,32 @@ def test_the_readme_path_runs_as_written_with_the_exit_statuses_it_states(walked
         "--model models:/lego-classifier@challenger" in output  # the hint the README promises
     assert '"predictions": [{"label": ' in output  # the served model answered
     assert "IDENTICAL: all" in output
+
+
+@pytest.mark.slow
+def test_every_example_output_of_the_readme_and_docs_is_what_its_command_printed(walked):
+    """The blocks headed ``<!-- output of: COMMAND -->`` in README.md and docs/*.md (see test_docs.py)
+    against what COMMAND printed on the path: seed-determined numbers exactly (the baseline's
+    test_accuracy, the trials' val_accuracy, the comparison, the reproduced values and their count),
+    seconds as ``N.N``, ids as any id."""
+    from test_docs import command_index, output_blocks, unmatched
+
+    path, results, output = walked
+    printed = outputs(output)
+    checked = [block for block in output_blocks() if block["command"]]
+    assert checked
+    wrong = {}
+    for block in checked:
+        i = command_index(block)
+        missing = unmatched(block["body"], printed.get(i, ""))
+        if missing:
+            wrong[f"{block['page']}:{block['line']} ({path[i]})"] = missing
+    assert not wrong, "example lines the command did not print:\n" + "\n".join(
+        f"{where}:\n    " + "\n    ".join(lines) for where, lines in wrong.items())
+    sweep = printed[next(i for i, c in enumerate(path) if "legoexp.sweep" in c)]  # the progress lines' shape
+    assert re.search(r"^trial 5 +complete +val_accuracy \d\.\d{4}  best \d\.\d{4} \(trial \d+\) +"
+                     r"elapsed +\d+\.\d s  0 left$", sweep, re.M), sweep
+    assert re.search(r"^fit 6/6  best seed 44: test_accuracy \d\.\d{4} +elapsed +\d+\.\d s  0 left$", sweep, re.M)
 
 
 @pytest.mark.slow
