@@ -3,8 +3,8 @@
 Loading the package also keeps MXNet from loading scikit-learn and SciPy while MXNet itself loads:
 it takes them only where it can do without them, for parts legoexp never uses (the legacy
 ``mxnet.model.FeedForward`` subclasses scikit-learn's ``BaseEstimator``; quantization calibration
-and SciPy sparse matrices). That is 1-2 s in every process that loads MXNet (each sweep fold
-worker, a served model); both import as usual afterwards.
+and SciPy sparse matrices). That saves seconds in every process that loads MXNet (each fold
+process, a served model; docs/performance.md); both import as usual afterwards.
 """
 
 import sys

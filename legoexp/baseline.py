@@ -81,7 +81,7 @@ def _draw_charts(history, probabilities, directory: str) -> float:
 
 def main(argv=None) -> int:
     # The collector finds nothing to free in this short process, yet walks ever more objects while
-    # MXNet, MLflow and matplotlib load and the charts are drawn: 0.7 s of about 4.
+    # MXNet, MLflow and matplotlib load and the charts are drawn (docs/performance.md).
     gc.disable()
     args = parse_args(argv)
     cfg = config.resolve("baseline", SETTINGS, args.config, config.options(args, "baseline"))

@@ -157,6 +157,12 @@ def resolve(command: str, settings: Mapping[str, Setting], config_file: str | No
     return resolved
 
 
+def model_name() -> str:
+    """The registered model a sweep adds to (``model_name`` of ``conf/sweep.yaml``): the default of the
+    commands that read or manage it (promote, predict, access)."""
+    return defaults("sweep")["model_name"]
+
+
 def add_options(parser: argparse.ArgumentParser, command: str) -> None:
     """An option per setting of ``command`` (``--batch-size``, also ``--batch_size``: what ``mlflow run -P
     batch_size=...`` passes on), its help showing the default that ``conf/<command>.yaml`` gives, and

@@ -30,7 +30,6 @@ class Evaluation:
     loss: float  # mean softmax cross-entropy
     accuracy: float
     probabilities: np.ndarray  # (N, 10)
-    predicted: np.ndarray  # (N,)
 
 
 def evaluate(net, images: np.ndarray, labels: np.ndarray) -> Evaluation:
@@ -39,4 +38,4 @@ def evaluate(net, images: np.ndarray, labels: np.ndarray) -> Evaluation:
     picked = probs[np.arange(len(labels)), labels]
     loss = float(-np.log(np.maximum(picked, np.finfo(np.float64).tiny)).mean())
     predicted = probs.argmax(axis=1)
-    return Evaluation(loss, float((predicted == labels).mean()), probs, predicted)
+    return Evaluation(loss, float((predicted == labels).mean()), probs)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from legoexp import config
 from legoexp.errors import DataError, UserError, first_line
 from legoexp.ops.command import run_main
 
-DEFAULT_MODEL = "models:/lego-classifier@champion"
 PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg"}
 SHOWN = 16  # the lab's batch grid
 
@@ -35,8 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                "on a light ground. The model is read from MLflow's tracking store (MLFLOW_TRACKING_URI, "
                "default sqlite:///mlflow.db).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="lab file, .npz, or PNG/JPEG files")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"model URI: models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-... (default {DEFAULT_MODEL})")
+    champion = f"models:/{config.model_name()}@champion"
+    p.add_argument("--model", default=champion,
+                   help=f"model URI: models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-... (default {champion})")
     p.add_argument("--plot", metavar="DIR", help="write single_prediction.png and batch_prediction.png into DIR")
     p.add_argument("--invert", action="store_true", help="invert PNG/JPEG photos (for dark bricks on a light ground)")
     return p.parse_args(argv)

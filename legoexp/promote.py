@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from legoexp import config
 from legoexp.comparison.runs import CONFIG_KEYS, Version, find_evidence, run_comparison, seeds_text
 from legoexp.errors import ConfigError, UserError
 from legoexp.ops.command import run_main
@@ -78,7 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "seeds is reused; otherwise both are trained and the comparison is logged. " + RULE_HELP,
         epilog="Exit status: 0 promoted (or nothing to do), 1 the gate failed (registry unchanged), 2 bad "
                "input (registry unchanged). The flags also take a value (--force false), for `mlflow run`.")
-    p.add_argument("--model-name", default="lego-classifier", help="registered model (default: lego-classifier)")
+    p.add_argument("--model-name", "--model_name", default=config.model_name(),
+                   help=f"registered model (default: {config.model_name()})")
     p.add_argument("--version", help="the candidate version (default: the one with alias challenger)")
     p.add_argument("--tolerance", type=float, help=f"how much worse the candidate may be (default {DEFAULT_TOLERANCE})")
     p.add_argument("--require-better", nargs="?", const=True, default=False, type=_flag, metavar="true|false",

@@ -47,9 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     started = time.perf_counter()
-    # The collector would walk every object MLflow, Optuna and MXNet create while they load, 5 times
-    # over, then again twice while the report runs: 1.2 s, for no cycle worth freeing. It waits for
-    # the imports, which are then frozen out of its way (see after the startup lap).
+    # The collector would walk every object MLflow, Optuna and MXNet create while they load, again and
+    # again, for no cycle worth freeing (docs/performance.md). It waits for the imports, which are then
+    # frozen out of its way (see after the startup lap).
     gc.disable()
     args = parse_args(argv)
     cfg = config.resolve("sweep", SETTINGS, args.config, config.options(args, "sweep"))

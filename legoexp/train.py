@@ -132,8 +132,8 @@ def param_values(net) -> list[np.ndarray]:
 
 def _kept_net(config: TrainConfig):
     """A net of ``config``'s architecture set to the weights ``build_net`` gives ``config.seed``,
-    and the step graphs made for it before: building the net and compiling its graphs is about
-    9 ms of a fold's 100, and a trial's folds share both."""
+    and the step graphs made for it before: building the net and compiling its graphs is a tenth of
+    a fold's time (docs/performance.md), and a trial's folds share both."""
     key = (config.hidden1, config.hidden2)
     if key not in _kept:
         if len(_kept) >= _KEEP:

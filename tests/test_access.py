@@ -22,7 +22,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from legoexp import access
+from legoexp.access import admin as access
 from legoexp.access.rights import ROLES, refusal
 from legoexp.errors import AccessError
 

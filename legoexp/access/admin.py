@@ -18,11 +18,11 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from legoexp import config
 from legoexp.access.rights import ROLE_NAMES, ROLES, login, rank, refusal, server
 from legoexp.errors import AccessError, UserError
 
 INIT_USERS = ("sweep", "worker", "promoter")  # init: one user per role, named after it
-DEFAULT_MODEL = "lego-classifier"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,8 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     grant.add_argument("role", metavar="ROLE", choices=ROLES, help=f"one of {ROLE_NAMES}")
     for command in (init, grant):
         command.add_argument("--experiment", required=True, help="the study's experiment (created if missing)")
-        command.add_argument("--model-name", default=DEFAULT_MODEL,
-                             help=f"the registered model (created if missing; default {DEFAULT_MODEL})")
+        command.add_argument("--model-name", default=config.model_name(),
+                             help=f"the registered model (created if missing; default {config.model_name()})")
         command.add_argument("--password-dir", type=Path, metavar="DIR",
                              help="a directory holding one file per user, named after it, with its password "
                                   "(e.g. a mounted Kubernetes secret)")

@@ -29,7 +29,7 @@ ROLES = {
     "reader": {"experiment": "READ", "registered_model": "READ"},  # predict, reproduce, serving, the UI
 }
 # the endpoint behind AuthServiceClient.get_user_permission; importing that client loads MLflow's
-# whole server app (Flask, FastAPI: 1-4 s here), too much for a check every command makes
+# whole server app (Flask, FastAPI: seconds), too much for a check every command makes
 PERMISSION_ENDPOINT = "/api/3.0/mlflow/users/permissions/get"
 ROLE_NAMES = ", ".join(ROLES)
 

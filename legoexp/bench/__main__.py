@@ -107,8 +107,10 @@ def whole_runs(data: str, trials: int, store: str, sweep_options: list[str], bas
                                       _store_env(probe_store), probe_store)
     probe = json.loads(proc.stdout.strip().splitlines()[-1])
     imports_s = _import_seconds(proc.stderr, TRACKING_PACKAGES)
+    from legoexp import config
+
     uri = subprocess.run([sys.executable, "-c", "import mlflow; c = mlflow.MlflowClient(); "
-                          "print(c.get_model_version_by_alias('lego-classifier', 'challenger').source)"],
+                          f"print(c.get_model_version_by_alias({config.model_name()!r}, 'challenger').source)"],
                          env=env, capture_output=True, text=True, check=True).stdout.strip()
     training = sum(v for k, v in parts.items() if k.endswith("_training"))
     repeated = {"baseline_wall_s": {"best": min(baseline), "median": statistics.median(baseline)}}

@@ -38,7 +38,6 @@ class Arm:
 
 @dataclass
 class Comparison:
-    seeds: list[int]
     baseline: Arm
     best: Arm
     result: PairedResult
@@ -55,7 +54,7 @@ def run_arm(name: str, config: TrainConfig, seeds: list[int], train_split, test_
 def compare(baseline: TrainConfig, best: TrainConfig, seeds: list[int], train_split, test_split,
             progress: Callable[[str], None] | None = None, fit: Fit | None = None) -> Comparison:
     a, b = _run_arms({"baseline": baseline, "best": best}, seeds, train_split, test_split, progress, fit)
-    return Comparison(seeds, a, b, paired_comparison(a.accuracies, b.accuracies))
+    return Comparison(a, b, paired_comparison(a.accuracies, b.accuracies))
 
 
 def fit_configs(configs: Iterable[TrainConfig], seeds: list[int]) -> list[TrainConfig]:

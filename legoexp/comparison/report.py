@@ -133,8 +133,8 @@ def _register(search, run, arms, seeds, result, best_trial) -> None:
         value = best_trial.value if role == "best" else _baseline_value(search)
         # the version's training config and data, so promotion can retrain it with other seeds
         config = {k: v for k, v in arm.config.as_params().items() if k != "seed"}
-        tags = {**common, **key, **config, "data": search.cfg["data"], "data_source": search.source.uri,
-                "data_digest": search.train_split.digest, "test_accuracy_mean": np.mean(arm.accuracies),
+        tags = {**common, **key, **config, **tracking.provenance(search.cfg["data"], search.source, search.train_split),
+                "test_accuracy_mean": np.mean(arm.accuracies),
                 "test_accuracy_ci": f"{lo:.4f}..{hi:.4f}", "seed": seeds[arm.median_index], "seeds": seeds_text(seeds)}
         if value is not None:
             tags["val_accuracy"] = value

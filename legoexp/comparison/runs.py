@@ -155,11 +155,9 @@ def run_comparison(client, name: str, champion: Version, candidate: Version, see
             for role, v in (("champion", champion), ("candidate", candidate))]
     result = paired_comparison(arms[0].accuracies, arms[1].accuracies)
 
-    if launched:
-        experiment_id = client.get_run(launched).info.experiment_id
-    else:  # not mlflow.set_experiment: no process-wide state changes behind a caller's back
-        experiment = client.get_experiment_by_name(args.experiment_name)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(args.experiment_name)
+    from legoexp import tracking
+
+    experiment_id = tracking.experiment_id(args.experiment_name, create=True, launched=launched)
     tags = {"model_name": name, "candidate_version": candidate.number, "champion_version": champion.number,
             "champion_alias": champion.role} | ({"mlflow.parentRunId": launched} if launched else {})
     run_id = log_comparison(client, experiment_id, f"comparison-v{candidate.number}-vs-v{champion.number}", tags,

@@ -28,8 +28,8 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
             raise
         print(f"error: {error}", file=sys.stderr)
         code = EXIT_USAGE
-    # The collector's last pass over every object at exit takes 1-3 s once MLflow, MXNet and pandas
-    # are loaded; nothing needs it (exit handlers still run, and the OS takes the memory back).
+    # The collector's last pass over every object at exit takes seconds once MLflow, MXNet and pandas
+    # are loaded (docs/performance.md); nothing needs it (exit handlers still run, and the OS takes the memory back).
     gc.freeze()
     sys.exit(code or 0)
 

@@ -63,7 +63,7 @@ def _init_worker(path: str, parent: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     importlib.import_module("legoexp.evaluate")  # MXNet loads now, while the sweep sets up, not on the first fold
     _quietly(lambda: importlib.import_module("mxnet").nd.waitall())  # the engine starts, and logs that it did
-    gc.freeze()  # what is loaded stays: the collector need not look at it again, nor at exit (~1 s)
+    gc.freeze()  # what is loaded stays: the collector need not look at it again, nor at exit
 
 
 def _quietly(fn) -> None:

@@ -44,8 +44,7 @@ class Search:
         self.client = MlflowClient()
         launched = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run` made a run: it becomes the parent
         self.launched_run = launched
-        self.experiment_id = (self.client.get_run(launched).info.experiment_id if launched else
-                              mlflow.get_experiment_by_name(cfg["experiment_name"]).experiment_id)
+        self.experiment_id = tracking.experiment_id(cfg["experiment_name"], launched=launched)
         self.study = design.create_study(cfg["study_name"], storage, cfg["seed"],
                                           {k: getattr(baseline, k) for k in space})
         settings = {"folds": cfg["folds"], "epochs": cfg["epochs"], "seed": cfg["seed"],
@@ -76,8 +75,8 @@ class Search:
             else:
                 run_id = self.client.create_run(self.experiment_id, run_name=self.cfg["study_name"],
                                                 tags=tags).info.run_id
-            tracking.log_params(run_id, {**self.params, "data": self.cfg["data"],
-                                         "data_source": self.source.uri, "data_digest": self.train_split.digest})
+            tracking.log_params(run_id, {**self.params, **tracking.provenance(self.cfg["data"], self.source,
+                                                                              self.train_split)})
             self.study.set_user_attr("mlflow_parent_run_id", run_id)  # last: a parent with its params
         self._set_parent(run_id)
 

@@ -9,11 +9,13 @@ from legoexp.tracking.pyfunc import log_model
 from legoexp.tracking.runs import (
                                    DEFAULT_EXPERIMENT,
                                    check_store,
+                                   experiment_id,
                                    log_figures,
                                    log_history,
                                    log_metrics,
                                    log_params,
                                    log_split,
+                                   provenance,
                                    run_params,
                                    run_url,
                                    set_tags,
@@ -22,6 +24,8 @@ from legoexp.tracking.runs import (
                                    use_experiment,
 )
 
-__all__ = ["DEFAULT_EXPERIMENT", "check_store", "log_figures", "log_history", "log_metrics", "log_model",
-           "log_params", "log_split", "run_params", "run_url", "set_tags", "store_directory", "store_failure",
-           "use_experiment"]
+__all__ = [
+    "DEFAULT_EXPERIMENT", "check_store", "experiment_id", "log_figures", "log_history", "log_metrics",
+    "log_model", "log_params", "log_split", "provenance", "run_params", "run_url", "set_tags",
+    "store_directory", "store_failure", "use_experiment",
+]

@@ -29,7 +29,7 @@ from legoexp.data import check_images
 from legoexp.errors import DataError
 
 # Images per request. MLflow's server parses and deep-copies the whole JSON body before the model
-# can count the images: 1,000 images are 7 MB and 2.5-3 s of that here, 10,000 are 70 MB and 25 s.
+# can count the images, so a larger batch costs seconds before it can be refused (docs/performance.md).
 MAX_BATCH = 1_000
 
 # Only the output is declared. With an input schema MLflow's server converts and checks a request

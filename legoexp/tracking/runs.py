@@ -71,8 +71,28 @@ def store_failure(e: Exception) -> Exception:
                      "rerun the same command to resume")
 
 
+def provenance(data: str, source: Source, train: Split) -> dict:
+    """Where a run's data came from: ``data`` as the user gave it, the source it named, and the digest of
+    the training split (what reproduce, promote and a rerun check the data against)."""
+    return {"data": data, "data_source": source.uri, "data_digest": train.digest}
+
+
 def run_params(config: TrainConfig, data: str, source: Source, train: Split) -> dict:
-    return {**config.as_params(), "data": data, "data_source": source.uri, "data_digest": train.digest}
+    return {**config.as_params(), **provenance(data, source, train)}
+
+
+def experiment_id(name: str, create: bool = False, launched: str | None = None) -> str | None:
+    """The experiment of ``launched``, the run that ``mlflow run`` made (default: ``MLFLOW_RUN_ID``), else
+    experiment ``name`` (made if ``create``; None if missing). Not ``mlflow.set_experiment``: no
+    process-wide state changes behind a caller's back."""
+    client = MlflowClient()
+    launched = launched or os.environ.get("MLFLOW_RUN_ID")
+    if launched:
+        return client.get_run(launched).info.experiment_id
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name) if create else None
+    return experiment.experiment_id
 
 
 def log_params(run_id: str, params: dict) -> None:
