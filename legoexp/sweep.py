@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     from legoexp.access import rights
     from legoexp.comparison import report
     from legoexp.ops import faults
-    from legoexp.study import workers
+    from legoexp.study import summary, workers
     from legoexp.study.search import Search
     from legoexp.study.storage import StudyLock, open_storage, storage_label
 
@@ -107,37 +107,41 @@ def main(argv=None) -> int:
     except BaseException:
         runner.close()
         raise
+    command = workers.worker_command(cfg, deadline)
     if args.worker:
-        with contextlib.closing(search.runner):
+        with contextlib.closing(runner):
             search.join(args.parent_run_id)
             if cfg["jobs"] > 1 and not args.spawned:  # N workers on this machine, none here
-                workers.run_workers(cfg["jobs"], workers.worker_command(cfg), search.parent_id,
-                                    lambda: None)
+                workers.run_workers(cfg["jobs"], command, search.parent.run_id, lambda: None)
             else:
                 search.work()
         return 0
-    with search.parent_run():
+    with contextlib.closing(runner), search.parent_run():
         timings.lap("setup")
-        search.run(cfg["jobs"], workers.worker_command(cfg), quiet=args.quiet)
+        search.run(cfg["jobs"], command, quiet=args.quiet)
         timings.lap("search")
         faults.point("search.done")
         if not search.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             raise UserError(f"no trial of study {cfg['study_name']!r} completed (all pruned or failed, or none "
                             "started within --timeout); give it more trials or time, then rerun the same command")
+        finished = report.Finished(search.study, search.parent.run_id, search.parent.experiment_id, baseline,
+                                   seeds=list(range(cfg["seed"], cfg["seed"] + cfg["seeds"])),
+                                   model_name=cfg["model_name"], train_split=train_split,
+                                   provenance=search.provenance, runner=runner)
         with lock():  # one of the sweeps sharing the study reports; the others find it done
-            comparing = report.needs_comparison(search)
+            comparing = report.needs_comparison(finished)
             if comparing:
-                report.start_comparison(search)
-            report.log_study(search)
+                report.start_comparison(finished)
+            summary.log_study(search.study, search.parent.run_id)
             timings.lap("figures")
             if comparing:
                 # the first read of the test split
-                report.compare_and_register(search, load_split(source, "test"), quiet=args.quiet)
+                report.compare_and_register(finished, load_split(source, "test"), quiet=args.quiet)
             else:
                 print("the best trial was already compared and registered; nothing left to do", file=sys.stderr)
-            tracking.log_metrics(search.parent_id, timings.metrics())  # where this run's seconds went
+            tracking.log_metrics(search.parent.run_id, timings.metrics())  # where this run's seconds went
     print(f"done in {time.perf_counter() - started:.1f} s; see it: mlflow ui --backend-store-uri "
-          f"{mlflow.get_tracking_uri()}  then open {search.parent_url}", file=sys.stderr)
+          f"{mlflow.get_tracking_uri()}  then open {search.parent.url}", file=sys.stderr)
     return 0
 
 

@@ -207,9 +207,8 @@ def sweep_probe(argv: list[str]) -> None:
         import optuna
 
         from legoexp import plots, registry, tracking
-        from legoexp.comparison import report
         from legoexp.comparison import runs as evidence
-        from legoexp.study import claims, design, storage
+        from legoexp.study import claims, design, storage, summary
 
         patch(mlflow.MlflowClient)
         patch(mlflow, ["log_figure", "register_model", "start_run", "set_experiment", "log_input"])
@@ -218,7 +217,7 @@ def sweep_probe(argv: list[str]) -> None:
                       optuna.samplers.TPESampler, optuna.pruners.WilcoxonPruner, tracking, tracking.runs,
                       registry, registry.versions, design, plots, claims, storage):
             patch(owner)
-        patch(report, ["log_study"])  # not compare_and_register: it trains
+        patch(summary, ["log_study"])  # not report.compare_and_register: it trains
         patch(evidence, ["log_comparison", "read_comparison"])
 
     lap = timings.lap

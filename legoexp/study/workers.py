@@ -8,6 +8,7 @@ progress; it redoes nothing a live worker holds, and whatever a dead worker left
 claimed again by the others or by the main process afterwards.
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -17,12 +18,12 @@ from collections.abc import Callable
 import mlflow
 
 
-def worker_command(cfg: dict) -> list[str]:
-    """The sweep command line that reproduces ``cfg`` exactly, for a worker."""
+def worker_command(cfg: dict, deadline: float = math.inf) -> list[str]:
+    """The sweep command line that reproduces ``cfg`` exactly, for a worker, with its main sweep's deadline."""
     args = [sys.executable, "-m", "legoexp.sweep"]
     for key in cfg:
         args += [f"--{key.replace('_', '-')}", str(cfg[key])]
-    return args
+    return args + (["--deadline", repr(deadline)] if math.isfinite(deadline) else [])
 
 
 def run_workers(jobs: int, command: list[str], parent_id: str, on_progress: Callable[[], None]) -> None:
