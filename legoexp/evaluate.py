@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from legoexp.classes import NUM_CLASSES
-from legoexp.train import normalise
+from legoexp.model import normalise
 
 _CHUNK = 4096  # images per forward pass: bounds memory for large inputs
 

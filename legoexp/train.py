@@ -22,9 +22,7 @@ from mxnet import autograd, gluon, nd
 from mxnet.base import _LIB, check_call
 
 from legoexp.config import TrainConfig
-from legoexp.model import INPUT_SIZE, build_net
-
-MEAN, STD = 0.13, 0.31  # the lab's Normalize(0.13, 0.31)
+from legoexp.model import INPUT_SIZE, build_net, normalised
 
 
 @dataclass
@@ -45,16 +43,6 @@ class Diverged(RuntimeError):
 
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-
-
-def normalise(images: np.ndarray) -> nd.NDArray:
-    """uint8 images (N, 48, 48[, 1]) -> float32 (N, 2304), as the lab's ToTensor + Normalize."""
-    return nd.array(_normalised(images), dtype="float32")
-
-
-def _normalised(images: np.ndarray) -> np.ndarray:
-    x = images.reshape(len(images), -1).astype(np.float32)
-    return (x / np.float32(255.0) - np.float32(MEAN)) / np.float32(STD)
 
 
 def _writable(array: nd.NDArray) -> np.ndarray:
@@ -156,7 +144,7 @@ def train(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
     architecture returned, set back to its initial weights: the same numbers, but the returned net
     is only good until the next such fit (cross-validation scores it at once, then drops it)."""
     n = len(labels)
-    x_all, y_all = _normalised(images), labels.astype(np.float32)
+    x_all, y_all = normalised(images), labels.astype(np.float32)
     if reuse:
         net, graphs = _kept_net(config)
     else:

@@ -9,7 +9,8 @@ import pytest
 
 from legoexp.data import load_split, open_source
 from legoexp.evaluate import evaluate
-from legoexp.train import Diverged, TrainConfig, normalise, train
+from legoexp.model import normalise
+from legoexp.train import Diverged, TrainConfig, train
 
 SMALL = TrainConfig(epochs=3, seed=7)
 

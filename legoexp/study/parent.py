@@ -19,16 +19,6 @@ from legoexp import tracking
 from legoexp.errors import UserError
 
 
-def run_exists(client: MlflowClient, run_id: str) -> bool:
-    """False for a run that does not exist or was deleted; a store that fails raises."""
-    try:
-        return client.get_run(run_id).info.lifecycle_stage == "active"
-    except mlflow.exceptions.MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
-        raise
-
-
 class ParentRun:
     def __init__(self, client: MlflowClient, study: optuna.Study, experiment_id: str, launched: str | None):
         """``launched``: the run that ``mlflow run`` made, which becomes the parent."""
@@ -43,7 +33,7 @@ class ParentRun:
         """Find the study's parent run, or make it with ``params``; call it holding the study's lock, so
         that sweeps started at the same instant make one parent between them."""
         run_id = self.study.user_attrs.get("mlflow_parent_run_id")
-        if run_id is None or not run_exists(self.client, run_id):
+        if run_id is None or not tracking.run_exists(run_id):
             name = self.study.study_name
             tags = {"legoexp.kind": "sweep", "legoexp.study": name}
             if self.launched:
@@ -71,7 +61,7 @@ class ParentRun:
                 said = True
             time.sleep(1)  # the study's user attributes are read from the storage each time
         run_id = run_id or self.study.user_attrs["mlflow_parent_run_id"]
-        if not run_exists(self.client, run_id):
+        if not tracking.run_exists(run_id):
             raise UserError(f"the parent run {run_id} of study {name!r} does not exist in "
                             f"{mlflow.get_tracking_uri()}: is MLFLOW_TRACKING_URI the main sweep's?")
         self.run_id = run_id

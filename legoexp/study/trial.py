@@ -23,7 +23,6 @@ from legoexp import tracking
 from legoexp.config import TrainConfig, sweep_config
 from legoexp.ops import faults
 from legoexp.study import claims, design
-from legoexp.study.parent import run_exists
 from legoexp.train import Diverged
 
 
@@ -160,7 +159,7 @@ class Trials:
     def kill_run(self, trial, reason: str) -> None:
         """End the run of a trial that another process's death left RUNNING: KILLED, with the reason."""
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id and run_exists(self.client, run_id):
+        if run_id and tracking.run_exists(run_id):
             tracking.set_tags(run_id, {"state": "failed", "fail_reason": reason})
             self.client.set_terminated(run_id, "KILLED")
 

@@ -16,6 +16,7 @@ from legoexp.tracking.runs import (
                                    log_params,
                                    log_split,
                                    provenance,
+                                   run_exists,
                                    run_params,
                                    run_url,
                                    set_tags,
@@ -26,6 +27,6 @@ from legoexp.tracking.runs import (
 
 __all__ = [
     "DEFAULT_EXPERIMENT", "check_store", "experiment_id", "log_figures", "log_history", "log_metrics",
-    "log_model", "log_params", "log_split", "provenance", "run_params", "run_url", "set_tags",
+    "log_model", "log_params", "log_split", "provenance", "run_exists", "run_params", "run_url", "set_tags",
     "store_directory", "store_failure", "use_experiment",
 ]

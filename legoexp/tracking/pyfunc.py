@@ -138,7 +138,7 @@ class LegoClassifier(mlflow.pyfunc.PythonModel):
 
 def export_net(net, directory: Path) -> dict[str, str]:
     """Write the network as MXNet symbol + params files; return them as pyfunc artifacts."""
-    from legoexp.train import normalise
+    from legoexp.model import normalise
 
     net.hybridize()
     net(normalise(np.zeros((1, 48, 48), np.uint8)))  # a forward pass builds the graph to export

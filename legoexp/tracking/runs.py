@@ -59,6 +59,16 @@ def run_url(experiment_id: str, run_id: str) -> str:
     return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+def run_exists(run_id: str) -> bool:
+    """False for a run that does not exist or was deleted; a store that fails raises."""
+    try:
+        return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+
+
 STORE_FAILURES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
 
 
