@@ -67,7 +67,8 @@ def _keep_splits(train_split, test_split, parent: int) -> None:
     from legoexp.ops.proc import die_with
 
     die_with(parent)  # a main process killed outright cannot stop this one
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle; it stops this one
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the main process's to handle; it stops this one
+        signal.signal(signum, signal.SIG_IGN)
     _splits = (train_split, test_split)
 
 
@@ -131,7 +132,7 @@ def _train_and_log(args, cfg, source, train_split, test_split, charts, directory
 
     tracking.use_experiment(args.experiment_name)
     run_name = f"baseline-seed{train_config.seed}"
-    with mlflow.start_run(run_name=run_name) as run:
+    with mlflow.start_run(run_name=run_name) as run, tracking.killed_on_interrupt():
         run_id = run.info.run_id
         mlflow.set_tags({"mlflow.runName": run_name, "legoexp.kind": "baseline"})
         tracking.log_params(run_id, tracking.run_params(train_config, cfg["data"], source, train_split))

@@ -158,9 +158,10 @@ def main(argv=None) -> int:
     launched = os.environ.get("MLFLOW_RUN_ID")  # read now: mlflow.end_run() deletes it
     from mlflow.tracking import MlflowClient
 
-    from legoexp import registry
+    from legoexp import registry, tracking
     from legoexp.access import rights
 
+    tracking.check_store()  # a registry that is not there is not made, empty, here
     name = args.model_name
     rights.check_promote(name)
     aliases = registry.model_aliases(name)

@@ -68,9 +68,14 @@ def lab_format_dir(request) -> Path:
 
 @pytest.fixture(scope="session")
 def tracking_uri(tmp_path_factory) -> str:
-    """One temporary SQLite tracking store for the session (its migrations take ~2 s)."""
+    """One temporary SQLite tracking store for the session (its migrations take ~2 s), made now: commands
+    that only read a store (promote, predict, reproduce) refuse one that does not exist."""
     directory = tmp_path_factory.mktemp("mlflow")
-    return f"sqlite:///{directory}/mlflow.db"
+    uri = f"sqlite:///{directory}/mlflow.db"
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).search_experiments()
+    return uri
 
 
 @pytest.fixture

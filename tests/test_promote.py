@@ -8,13 +8,17 @@ exactly 0 on any machine, which makes the gate's outcome deterministic), v3 = th
 """
 
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import mlflow
 import pytest
-from conftest import run_module
+from conftest import faults_env, held_at_fault, run_module
 from mlflow.tracking import MlflowClient
 
 from legoexp import promote, registry
@@ -220,6 +224,25 @@ VERSION_TAGS = {"hidden1": "128", "hidden2": "63", "lr": "0.04", "batch_size": "
                 "seeds": "42,43", "comparison_run_id": "none", "study_name": "s"}
 
 
+@pytest.mark.slow
+def test_sigterm_between_registry_steps_undoes_them_and_exits_143(lab, tmp_path):
+    before = _state(lab.client, lab.name)
+    once = tmp_path / "held"
+    proc = subprocess.Popen([sys.executable, "-m", "legoexp.promote", "--model-name", lab.name, "--force"],
+                            env=faults_env(lab.env, "registry.step#2=stop", once), cwd=lab.home,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    pid = held_at_fault(proc, once)
+    assert _state(lab.client, lab.name) != before  # one step is done
+    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGCONT)
+    started = time.monotonic()
+    _, stderr = proc.communicate(timeout=60)
+    print(f"SIGTERM to promote: exited {proc.returncode} after {time.monotonic() - started:.2f} s")
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "terminated (SIGTERM)"
+    assert _state(lab.client, lab.name) == before
+
+
 def _tagged_model(client, change):
     """A registered model whose versions carry the sweep's tags (no artifacts: nothing is loaded)."""
     name = f"lego-{uuid.uuid4().hex[:8]}"
@@ -264,6 +287,13 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_registry_unchanged(mlflow_e
     assert exit_.value.code == 2
     assert err.startswith("error: ") and err.strip().count("\n") == 0 and message in err
     assert _state(client, name) == before
+
+
+def test_a_missing_store_is_refused_not_created(tmp_path):
+    store = tmp_path / "mlflow.db"
+    proc = run_module("legoexp.promote", env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: there is no tracking store at sqlite:///{store}")
+    assert proc.stderr.count("\n") == 1 and not store.exists()
 
 
 def test_the_command_reports_bad_input_in_one_line_with_exit_2(mlflow_env):

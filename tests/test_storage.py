@@ -27,3 +27,10 @@ def test_a_storage_people_often_write_is_refused_with_what_to_write(tmp_path, ur
         open_storage(url, tmp_path)
     assert f"storage={url!r}: cannot open it as an Optuna storage" in str(e.value) and hint in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_a_database_file_in_a_folder_that_does_not_exist_is_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path}/nonexistent/dir/optuna.db"
+    with pytest.raises(ConfigError) as e:
+        StudyLock(url, tmp_path)
+    assert str(e.value) == f"storage={url!r}: directory {tmp_path}/nonexistent/dir does not exist"

@@ -283,6 +283,7 @@ def test_a_time_limit_reached_before_any_trial_completed_is_one_line_and_nothing
     (["--folds", "1"], "folds=1; expected an integer 2..100"),
     (["--storage", "postgresql+psycopg2://nobody@127.0.0.1:1/none"], "cannot open it as an Optuna storage"),
     (["--storage", "journal:/no/such/dir/x.journal"], "directory /no/such/dir does not exist"),
+    (["--storage", "sqlite:////no/such/dir/optuna.db"], "directory /no/such/dir does not exist"),
     (["--folds", "60"], "folds=60: the smallest class"),
 ])
 def test_bad_options_are_one_line_exit_2_and_create_nothing(mlflow_env, tracking_uri, args, message):

@@ -12,7 +12,8 @@ environment of the command it runs. The N-th time (default the first) a process 
 
 Before acting it prints ``fault point NAME#N: ACTION`` on stderr. With ``LEGOEXP_FAULTS_ONCE``
 set to a path, only the first process of all those that inherited the variables acts (``--jobs``
-workers, fold processes): it creates that file, holding its pid; the others go on. Without the
+workers, fold processes): it creates that file, holding its pid; the others go on (that process
+may act again, at the next point of the plan). Without the
 variables ``point`` does nothing but one dictionary lookup. The names in use are listed in ``POINTS``.
 """
 
@@ -31,6 +32,7 @@ POINTS = {
     "report.model_logged": "one model of the comparison is logged",
     "report.registered": "a model version is registered, its alias not yet set",
     "registry.step": "promotion moved one tag or alias of the registry",
+    "trial.abandon": "a started trial is being ended because its process stops (a signal, an error)",
     "baseline.model": "the baseline's run holds its metrics, its model is not logged yet",
 }
 
@@ -56,8 +58,9 @@ def _first_to_act() -> bool:
         return True
     try:
         fd = os.open(once, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
+    except FileExistsError:  # the first process to act may act again, at another point
+        with open(once) as f:
+            return f.read() == str(os.getpid())
     os.write(fd, str(os.getpid()).encode())
     os.close(fd)
     return True

@@ -14,10 +14,12 @@ numbers do not depend on the process that computed it, nor on when it ran.
 from __future__ import annotations
 
 import collections
+import contextlib
 import gc
 import importlib
 import multiprocessing
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -89,6 +91,17 @@ def _worker_fit(config) -> list[np.ndarray]:
     from legoexp.train import param_values, train
 
     return param_values(train(config, *_split).net)
+
+
+@contextlib.contextmanager
+def _signals_ignored():
+    """SIGINT and SIGTERM ignored here while child processes start, which inherit that."""
+    saved = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
 
 
 def _started() -> None:
@@ -187,12 +200,15 @@ class FoldRunner:
             self._files = tempfile.TemporaryDirectory(prefix=_folds_dir_prefix())
             path = os.path.join(self._files.name, "split.npz")
             np.savez(path, images=images, labels=labels)
-            # spawn: MXNet's engine threads do not survive a fork
-            self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(path, os.getpid()))
-            self.processes = processes
-            for _ in range(processes):
-                self.pool.submit(_started)
+            # spawn: MXNet's engine threads do not survive a fork. Ctrl-C and SIGTERM are this process's
+            # to handle (it stops the pool), so the fold processes start with both ignored: a signal to
+            # the whole group (a terminal's Ctrl-C, Slurm's scancel) prints nothing and breaks nothing there.
+            with _signals_ignored():
+                self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_init_worker, initargs=(path, os.getpid()))
+                self.processes = processes
+                for _ in range(processes):
+                    self.pool.submit(_started)
 
     def accuracies(self, config: TrainConfig, folds) -> Iterator[float]:
         """Each fold's validation accuracy, in fold order; stop iterating to cancel the rest.

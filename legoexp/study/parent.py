@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from legoexp import tracking
 from legoexp.errors import UserError
+from legoexp.ops.command import Terminated
 
 
 class ParentRun:
@@ -74,10 +75,12 @@ class ParentRun:
         self.client.update_run(self.run_id, status="RUNNING")
         try:
             yield self
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             self.client.set_terminated(self.run_id, "KILLED")
-            print(f"\ninterrupted with {finished_trials()} finished trial(s); rerun the same command to resume",
+            how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            print(f"{how} with {finished_trials()} finished trial(s); rerun the same command to resume",
                   file=sys.stderr)
+            e.reported = True
             raise
         except BaseException:
             self.client.set_terminated(self.run_id, "FAILED")

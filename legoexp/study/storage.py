@@ -76,6 +76,8 @@ class StudyLock:
         journal = _journal_path(url, default_dir)
         self.path = (f"{journal}.claim.lock" if journal else
                      f"{url[len('sqlite:///'):]}.claim.lock" if url.startswith("sqlite:///") else None)
+        if self.path and not Path(self.path).parent.is_dir():
+            raise ConfigError(f"storage={url!r}: directory {Path(self.path).parent} does not exist")
         self.engine = None
         if self.path is None and url.startswith("postgresql"):
             from sqlalchemy import create_engine

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from legoexp import tracking
 from legoexp.config import TrainConfig, sweep_config
 from legoexp.ops import faults
+from legoexp.ops.command import Terminated
 from legoexp.study import claims, design
 from legoexp.train import Diverged
 
@@ -43,6 +44,10 @@ def cross_validate(trial: optuna.Trial, fold_accuracies: Iterable[float], accura
             if prune:
                 raise optuna.TrialPruned(f"pruned after fold {k + 1}")
     return float(np.mean(accuracies))
+
+
+def _stop_reason(error: KeyboardInterrupt) -> str:
+    return "terminated" if isinstance(error, Terminated) else "interrupted"
 
 
 class Running:
@@ -129,14 +134,16 @@ class Trials:
         KeyboardInterrupt, else FAILED. Best effort: the store may be what failed; a trial left
         RUNNING is failed later by the watchers, its owner being gone."""
         interrupted = isinstance(error, KeyboardInterrupt)
+        faults.point("trial.abandon")
         if running.fold_results is not None:
             running.fold_results.close()
         running.heartbeat.close()
+        reason = _stop_reason(error) if interrupted else f"{type(error).__name__}: {error}"
         with contextlib.suppress(Exception):
             if running.run_id is not None:
-                self.end_run(running.run_id, running.accuracies, TrialState.FAIL,
-                             "interrupted" if interrupted else f"{type(error).__name__}: {error}",
+                self.end_run(running.run_id, running.accuracies, TrialState.FAIL, reason,
                              status="KILLED" if interrupted else "FAILED")
+            running.trial.set_user_attr("fail_reason", reason)
             self.study.tell(running.trial, state=TrialState.FAIL, skip_if_finished=True)
 
     def _taken(self, trial) -> bool:

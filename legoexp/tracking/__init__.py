@@ -10,6 +10,7 @@ from legoexp.tracking.runs import (
                                    DEFAULT_EXPERIMENT,
                                    check_store,
                                    experiment_id,
+    killed_on_interrupt,
                                    log_figures,
                                    log_history,
                                    log_metrics,
@@ -26,7 +27,7 @@ from legoexp.tracking.runs import (
 )
 
 __all__ = [
-    "DEFAULT_EXPERIMENT", "check_store", "experiment_id", "log_figures", "log_history", "log_metrics",
+    "DEFAULT_EXPERIMENT", "check_store", "experiment_id", "killed_on_interrupt", "log_figures", "log_history", "log_metrics",
     "log_model", "log_params", "log_split", "provenance", "run_exists", "run_params", "run_url", "set_tags",
     "store_directory", "store_failure", "use_experiment",
 ]

@@ -7,6 +7,7 @@ digest); metrics are ``train_loss`` / ``train_accuracy`` per epoch (step = epoch
 go in batches (one store transaction each). The model is logged by ``tracking.pyfunc``.
 """
 
+import contextlib
 import os
 import time
 import warnings
@@ -57,6 +58,17 @@ def run_url(experiment_id: str, run_id: str) -> str:
     uri = mlflow.get_tracking_uri()
     ui = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+@contextlib.contextmanager
+def killed_on_interrupt():
+    """Within MLflow's ``with mlflow.start_run()``: Ctrl-C or SIGTERM ends the run KILLED, where MLflow
+    would end it FAILED."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
 
 
 def run_exists(run_id: str) -> bool:
