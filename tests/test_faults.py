@@ -10,7 +10,7 @@ import pytest
 
 from legoexp.ops import faults
 
-SCRIPT = "from legoexp import faults\nfor _ in range(3):\n    faults.point('trial.fold')\n    print('passed', flush=True)\n"
+SCRIPT = "from legoexp.ops import faults\nfor _ in range(3):\n    faults.point('trial.fold')\n    print('passed', flush=True)\n"
 
 
 def _run(spec):

@@ -191,7 +191,7 @@ def test_normalised_network_input_is_rejected_rather_than_drawn_black():
         plots.sample_grid(normalised, np.array([0, 1]))
 
 
-from legoexp import stats  # noqa: E402  (the statistics plots' tests, kept together)
+from legoexp.comparison import stats  # noqa: E402  (the statistics plots' tests, kept together)
 
 SEEDS_A = [0.8845, 0.8293, 0.8650, 0.8532, 0.8546]
 SEEDS_B = [0.8978, 0.8281, 0.8781, 0.8613, 0.8962]
