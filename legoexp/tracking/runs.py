@@ -19,9 +19,9 @@ from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from legoexp.config import TrainConfig
 from legoexp.data import Source, Split
 from legoexp.errors import UserError, first_line
-from legoexp.train import TrainConfig
 
 DEFAULT_EXPERIMENT = "legoexp"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars garble our progress lines
