@@ -168,3 +168,24 @@ def test_sigterm_before_any_work_exits_143_in_one_line(mlflow_env):
                             env=mlflow_env, stderr=subprocess.PIPE, text=True)
     _, stderr = proc.communicate(timeout=60)
     assert (proc.returncode, stderr) == (143, "terminated (SIGTERM)\n")
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_sweep_with_jobs_ends_its_workers_trials_too(mlflow_env, tracking_uri, tmp_path):
+    name, log, once = f"study-{uuid.uuid4().hex[:8]}", tmp_path / "stderr", tmp_path / "held"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([*_sweep_args(name), "--jobs", "2"], env=faults_env(mlflow_env, "trial.fold#3=stop", once),
+                                stdout=subprocess.DEVNULL, stderr=err)
+    worker = held_at_fault(proc, once)  # one of the two workers, mid-trial
+    assert worker != proc.pid
+    os.kill(proc.pid, signal.SIGTERM)  # the sweep passes it on to its workers
+    os.kill(worker, signal.SIGCONT)
+    seconds = _ended(proc)
+    print(f"SIGTERM to a sweep with --jobs 2: exited {proc.returncode} after {seconds:.2f} s")
+    stderr = log.read_text()
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("terminated (SIGTERM) with ")
+    assert state(worker) in (None, "Z")
+    _, runs = _assert_nothing_running(tracking_uri, name, "terminated")
+    assert [r.info.status for r in runs if r.data.tags["legoexp.kind"] == "sweep"] == ["KILLED"]

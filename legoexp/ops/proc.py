@@ -1,11 +1,13 @@
-"""What ``/proc`` says of a process, and child processes that end with their parent.
+"""What ``/proc`` says of a process, and child processes that end with their parent and leave its signals to it.
 
 A pid alone does not name a process: the kernel reuses pids. The pair (pid, start time) does, so
 ``start_ticks`` is what the sweep's claims, its fold directories and the timings read to tell a
 live owner from a dead one, and to anchor a command's wall time at its process's start.
 """
 
+import contextlib
 import os
+import signal
 import threading
 import time
 
@@ -36,3 +38,27 @@ def die_with(parent: int) -> None:
             os._exit(1)
 
         threading.Thread(target=watch, daemon=True).start()
+
+
+@contextlib.contextmanager
+def signals_ignored():
+    """SIGINT and SIGTERM ignored here while child processes start, which inherit that (a spawned Python
+    keeps an ignored SIGINT ignored); the handlers are back afterwards. Call it in the main thread."""
+    saved = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def quietly(fn) -> None:
+    """Run ``fn`` with this process's stderr (the file descriptor) sent to /dev/null."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        fn()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

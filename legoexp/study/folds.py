@@ -14,12 +14,10 @@ numbers do not depend on the process that computed it, nor on when it ran.
 from __future__ import annotations
 
 import collections
-import contextlib
 import gc
 import importlib
 import multiprocessing
 import os
-import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from legoexp.ops import timings
-from legoexp.ops.proc import die_with, start_ticks
+from legoexp.ops.proc import die_with, quietly, signals_ignored, start_ticks
 
 if TYPE_CHECKING:  # a worker sets MXNet up before it first loads it: see _init_worker
     from legoexp.train import TrainConfig
@@ -64,20 +62,8 @@ def _init_worker(path: str, parent: int) -> None:
     os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     importlib.import_module("legoexp.evaluate")  # MXNet loads now, while the sweep sets up, not on the first fold
-    _quietly(lambda: importlib.import_module("mxnet").nd.waitall())  # the engine starts, and logs that it did
+    quietly(lambda: importlib.import_module("mxnet").nd.waitall())  # the engine starts, and logs that it did
     gc.freeze()  # what is loaded stays: the collector need not look at it again, nor at exit
-
-
-def _quietly(fn) -> None:
-    """Run ``fn`` with this process's stderr (the file descriptor) sent to /dev/null."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        fn()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _worker_fold(config, fit_idx, val_idx) -> float:
@@ -91,17 +77,6 @@ def _worker_fit(config) -> list[np.ndarray]:
     from legoexp.train import param_values, train
 
     return param_values(train(config, *_split).net)
-
-
-@contextlib.contextmanager
-def _signals_ignored():
-    """SIGINT and SIGTERM ignored here while child processes start, which inherit that."""
-    saved = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
 
 
 def _started() -> None:
@@ -203,7 +178,7 @@ class FoldRunner:
             # spawn: MXNet's engine threads do not survive a fork. Ctrl-C and SIGTERM are this process's
             # to handle (it stops the pool), so the fold processes start with both ignored: a signal to
             # the whole group (a terminal's Ctrl-C, Slurm's scancel) prints nothing and breaks nothing there.
-            with _signals_ignored():
+            with signals_ignored():
                 self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_init_worker, initargs=(path, os.getpid()))
                 self.processes = processes
