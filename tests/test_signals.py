@@ -189,3 +189,30 @@ def test_sigterm_to_a_sweep_with_jobs_ends_its_workers_trials_too(mlflow_env, tr
     assert state(worker) in (None, "Z")
     _, runs = _assert_nothing_running(tracking_uri, name, "terminated")
     assert [r.info.status for r in runs if r.data.tags["legoexp.kind"] == "sweep"] == ["KILLED"]
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_comparison_is_logged_ends_it_killed_and_a_rerun_registers(mlflow_env, tracking_uri,
+                                                                                    tmp_path):
+    name, log, once = f"study-{uuid.uuid4().hex[:8]}", tmp_path / "stderr", tmp_path / "held"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([*_sweep_args(name, trials=3), "--model-name", name], stdout=subprocess.DEVNULL,
+                                stderr=err, env=faults_env(mlflow_env, "report.model_logged=stop", once))
+    pid = held_at_fault(proc, once)
+    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGCONT)
+    _ended(proc)
+    stderr = log.read_text()
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "terminated (SIGTERM) with 3 finished trial(s); rerun the same " \
+                                              "command to resume"
+    runs = {r.data.tags["legoexp.kind"]: r.info.status for r in _runs(name) if r.data.tags["legoexp.kind"] != "trial"}
+    assert runs == {"sweep": "KILLED", "comparison": "KILLED"}
+    assert MlflowClient().search_registered_models(f"name = '{name}'") == []  # nothing registered yet
+
+    again = subprocess.run([*_sweep_args(name, trials=3), "--model-name", name], env=mlflow_env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert MlflowClient().get_registered_model(name).aliases.keys() == {"challenger", "baseline"}
+    assert not [r for r in _runs(name) if r.info.status == "RUNNING"]
