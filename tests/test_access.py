@@ -409,15 +409,22 @@ def test_the_issue_a_sweep_by_a_user_with_only_mlflows_grant_into_a_model_not_ma
     new = f"rt-{uuid.uuid4().hex[:10]}"
     with _as(table_read.server, "rt-own"):
         check_sweep(table_read.experiment, new)
-    with _as(table_no_permissions.server, "rt-own"), pytest.raises(AccessError) as refused:
+    with _as(table_no_permissions.server, "rt-own") as client:
+        with pytest.raises(AccessError) as refused:
+            check_sweep(table_no_permissions.experiment, new)
+        assert str(refused.value).startswith(f"user 'rt-own' may not register versions of model {new!r} (it has "
+                                             "NO_PERMISSIONS there; that needs EDIT): ask an admin for"), refused.value
+        assert f"NO_PERMISSIONS also hides whether model {new!r} exists" in str(refused.value)
+        # what the refusal suggests: creating the model tells whether it exists, and a new one is the user's
+        with pytest.raises(MlflowException) as exists:
+            client.create_registered_model(table_no_permissions.model)
+        assert exists.value.error_code == "RESOURCE_ALREADY_EXISTS", exists.value
+        client.create_registered_model(new)
         check_sweep(table_no_permissions.experiment, new)
-    assert str(refused.value).startswith(f"user 'rt-own' may not register versions of model {new!r} (it has "
-                                         "NO_PERMISSIONS there; that needs EDIT): ask an admin for"), refused.value
-    assert f"NO_PERMISSIONS also hides whether model {new!r} exists" in str(refused.value)
 
 
 def test_the_table_of_pre_checks_prints_for_a_note(capsys):
-    """`pytest tests/test_access.py -k table` prints it (pre-check / server; * where they differ)."""
+    """`pytest tests/test_access.py -k pre_check` prints it (pre-check / server; * where they differ)."""
     lines = [f"| default_permission | user | {' | '.join(OPERATIONS)} |", "|" + " --- |" * (len(OPERATIONS) + 2)]
     for default, user, _ in VERDICTS:
         seen = [SEEN.get((default, user, operation)) for operation in OPERATIONS]
