@@ -6,7 +6,8 @@ session-scoped fixtures ``postgres`` (the cluster: ``.url``, ``.stop()``, ``.sta
 database on it), ``mlflow_server`` (the server's ``http://127.0.0.1:PORT`` URL; its backend
 store is a second database on the same cluster, and it serves artifacts from a temporary
 directory) and ``mlflow_auth_server`` (one with MLflow's basic-auth, on SQLite: ``.url``,
-``.admin_password``, ``.log``).
+``.admin_password``, ``.log``; ``mlflow_auth_tracking_server`` starts another such one, with another
+``default_permission``).
 ``pytest_plugins`` loads this module once per session, so every module shares one cluster and one
 server; importing the fixtures by name instead would start one of each per importing module.
 ``postgres_cluster`` and ``mlflow_tracking_server`` also run them elsewhere: on another address,
@@ -355,10 +356,19 @@ def mlflow_auth_server(tmp_path_factory) -> Iterator[AuthServer]:
     backend store (it starts in seconds): no login, no answer (401); nothing granted, nothing
     allowed; the admin ``admin`` with a random password (``.admin_password``), which like the secret
     key reaches the server only through its environment."""
+    with mlflow_auth_tracking_server(tmp_path_factory) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def mlflow_auth_tracking_server(tmp_path_factory, default_permission: str = "NO_PERMISSIONS") -> Iterator[AuthServer]:
+    """The server of ``mlflow_auth_server``, with ``default_permission`` in its auth config (MLflow's
+    own default is ``READ``); a module that needs a second one starts it with this."""
     require(importlib.util.find_spec("flask_wtf") is not None,
             "Flask-WTF, which MLflow's basic-auth app needs, is not installed (pip install -e .)")
     config = tmp_path_factory.mktemp("auth") / "basic_auth.ini"
-    config.write_text(AUTH_CONFIG)
+    config.write_text(AUTH_CONFIG.replace("default_permission = NO_PERMISSIONS",
+                                          f"default_permission = {default_permission}"))
     admin_password = secrets.token_urlsafe(18)
     settings = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}

@@ -2,16 +2,22 @@
 
 One real `mlflow server --app-name basic-auth` (nothing granted means nothing allowed), one tiny
 study logged and registered by the user `sweep`, then each role's commands and requests against
-it (commands that do not depend on each other run at the same time). Every command's output is
-kept, and the last test looks for the passwords in it and in everything the study logged.
+it (commands that do not depend on each other run at the same time). Then the table of the
+pre-checks: for each role and each operation legoexp checks before it starts, the check's verdict
+against what the server does when the operation is tried without one, on that server and on a
+second one with MLflow's default `default_permission = READ`. Every command's output is kept, and
+the last test looks for the passwords in it and in everything the study logged.
 """
 
+import contextlib
 import os
 import secrets
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,19 +25,26 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from legoexp.access import admin as access
-from legoexp.access.rights import ROLES, refusal
+from legoexp.access.rights import ROLES, Rights, check_sweep, refusal
 from legoexp.errors import AccessError
+from legoexp.registry import register_once
 
 pytest_plugins = ["services"]
 pytestmark = pytest.mark.slow
 
 STUDY = "auth-study"
 MODEL = "lego-classifier"
-PASSWORDS = {user: secrets.token_urlsafe(15) for user in ("sweep", "worker", "promoter", "reader1", "outsider")}
+TABLE_USERS = {  # the table's users, with their rights on its experiment and model
+    "rt-sweep": "role sweep", "rt-worker": "role worker", "rt-promoter": "role promoter", "rt-reader": "role reader",
+    "rt-own": "EDIT on the experiment, by MLflow's own grant_user_permission; no model",
+    "rt-tier": "EDIT on the experiment and the model, READ on every run, by MLflow's grant_user_permission"}
+PASSWORDS = {user: secrets.token_urlsafe(15) for user in ("sweep", "worker", "promoter", "reader1", "outsider",
+                                                          *TABLE_USERS)}
 OUTPUTS = []  # every command's stdout and stderr, for the last test
 
 
@@ -243,6 +256,185 @@ def test_predict_and_reproduce_work_with_a_readers_login_and_refuse_others(study
     _refused(refused, f"user 'worker' may not load model {model}")
     assert reproduced.returncode == 0 and "IDENTICAL" in reproduced.stdout, reproduced.stderr[-3000:]
     _refused(elsewhere, f"user 'worker' may not read run {study.private_run}")
+
+
+# The table of the pre-checks. Each operation legoexp checks before it starts, tried as the check
+# sees it and then for real, without the check, with the user's login (new names are new to the server):
+OPERATIONS = {
+    "runs": "log runs (params, metrics, tags, an artifact) in the experiment",
+    "new-exp": "log runs in an experiment that does not exist yet (created by the try)",
+    "models": "log a model in a run of the experiment (create, upload, finalize, link to the run)",
+    "register": "register a version of the model from a logged model of the experiment, set an alias",
+    "new-model": "the same into a model that does not exist yet (created by the try)",
+    "aliases": "tag a version, set an alias, delete it (promote, and the undo of a half-done move)",
+}
+# pre-check verdict/server verdict; one word when they agree. no/yes: the check refuses what the
+# server allows: a user who may not read a model cannot learn whether it exists (the server answers
+# 403 either way), and the check refuses as if it did (docs/access-control.md)
+VERDICTS = [
+    # default_permission user          runs  new-exp  models  register  new-model  aliases
+    ("NO_PERMISSIONS", "rt-sweep",    "yes   yes      yes     yes       no/yes     no"),
+    ("NO_PERMISSIONS", "rt-worker",   "yes   yes      yes     no        no/yes     no"),
+    ("NO_PERMISSIONS", "rt-promoter", "no    yes      no      no        no         yes"),
+    ("NO_PERMISSIONS", "rt-reader",   "no    yes      no      no        no         no"),
+    ("NO_PERMISSIONS", "rt-own",      "yes   yes      yes     no        no/yes     no"),
+    ("NO_PERMISSIONS", "rt-tier",     "no    no       no      yes       no/yes     no"),
+    ("READ",           "rt-sweep",    "yes   yes      yes     yes       yes        no"),
+    ("READ",           "rt-worker",   "yes   yes      yes     no        yes        no"),
+    ("READ",           "rt-promoter", "no    yes      no      no        no         yes"),
+    ("READ",           "rt-reader",   "no    yes      no      no        no         no"),
+    ("READ",           "rt-own",      "yes   yes      yes     no        yes        no"),  # the reported case
+    ("READ",           "rt-tier",     "no    no       no      yes       yes        no"),
+]
+SEEN = {}  # (default_permission, user, operation): (pre-check, server, the check's refusal), for the printed table
+
+
+def _table(server, home: Path) -> SimpleNamespace:
+    """On ``server``: the table's experiment and model (with version 1, from a logged model of the
+    experiment), made by the admin; its users with their rights (legoexp's roles by `access grant`)."""
+    experiment, model = "rt-experiment", "rt-model"
+    files = home / "model"
+    files.mkdir()
+    (files / "MLmodel").write_text("artifact_path: model\n")
+    with _as(server, "admin") as client:
+        for user, rights in TABLE_USERS.items():
+            if rights.startswith("role "):
+                os.environ[access.password_variable(user)] = PASSWORDS[user]
+                try:
+                    assert access.main(["grant", user, rights.removeprefix("role "), "--experiment", experiment,
+                                        "--model-name", model]) == 0
+                finally:
+                    del os.environ[access.password_variable(user)]
+        experiment_id = client.get_experiment_by_name(experiment).experiment_id
+        admin = access.admin_client()
+        for user in ("rt-own", "rt-tier"):
+            admin.create_user(user, PASSWORDS[user])
+            admin.grant_user_permission(user, "experiment", experiment_id, "EDIT")
+        admin.grant_user_permission("rt-tier", "registered_model", model, "EDIT")
+        admin.grant_user_permission("rt-tier", "run", "*", "READ")
+        source = client.create_logged_model(experiment_id, name="source")
+        client.log_model_artifacts(source.model_id, str(files))
+        client.finalize_logged_model(source.model_id, LoggedModelStatus.READY)
+        version = client.create_model_version(model, f"models:/{source.model_id}", model_id=source.model_id).version
+    return SimpleNamespace(server=server, experiment=experiment, experiment_id=experiment_id, model=model,
+                           version=str(version), source=f"models:/{source.model_id}", files=str(files))
+
+
+@pytest.fixture(scope="module")
+def read_server(tmp_path_factory):
+    """A second server, with MLflow's default ``default_permission = READ`` (the issue's); it boots
+    in the background while the first server's rows run (``.result()`` waits for it)."""
+    from services import mlflow_auth_tracking_server  # once pytest_plugins has loaded it
+
+    stack, pool = contextlib.ExitStack(), ThreadPoolExecutor(1)
+    booting = pool.submit(stack.enter_context, mlflow_auth_tracking_server(tmp_path_factory, "READ"))
+    yield booting
+    wait([booting])
+    pool.shutdown()
+    stack.close()
+
+
+@pytest.fixture(scope="module")
+def table_no_permissions(mlflow_auth_server, read_server, tmp_path_factory):
+    return _table(mlflow_auth_server, tmp_path_factory.mktemp("table"))
+
+
+@pytest.fixture(scope="module")
+def table_read(read_server, tmp_path_factory):
+    return _table(read_server.result(timeout=300), tmp_path_factory.mktemp("table"))
+
+
+def _pre_check(operation: str, table, new: str) -> None:
+    rights = Rights.of_login()
+    {"runs": lambda: rights.log_runs(table.experiment),
+     "new-exp": lambda: rights.log_runs(new),
+     "models": lambda: rights.log_models(table.experiment),
+     "register": lambda: rights.register(table.model, table.experiment),
+     "new-model": lambda: rights.register(new, table.experiment),
+     "aliases": lambda: rights.move_aliases(table.model)}[operation]()
+
+
+def _try(operation: str, client: MlflowClient, table, new: str) -> None:
+    """The operation itself, as legoexp's commands make it, with no check before."""
+    if operation in ("runs", "new-exp"):
+        run = client.create_run(table.experiment_id if operation == "runs" else client.create_experiment(new))
+        client.log_batch(run.info.run_id, metrics=[Metric("accuracy", 0.5, 0, 0)], params=[Param("lr", "0.1")],
+                         tags=[RunTag("legoexp.kind", "trial")])
+        client.log_text(run.info.run_id, "a plot", "plots/history.txt")
+        client.set_terminated(run.info.run_id)
+    elif operation == "models":
+        run = client.create_run(table.experiment_id).info.run_id
+        model = client.create_logged_model(table.experiment_id, source_run_id=run).model_id
+        client.log_model_artifacts(model, table.files)
+        client.finalize_logged_model(model, LoggedModelStatus.READY)
+        client.log_outputs(run, [LoggedModelOutput(model, 0)])
+        client.set_terminated(run)
+    elif operation in ("register", "new-model"):
+        register_once(table.source, new if operation == "new-model" else table.model, "challenger",
+                      {"tried": new}, {"tried": new})
+    else:
+        client.set_model_version_tag(table.model, table.version, "promoted_at", new)
+        client.set_registered_model_alias(table.model, new, table.version)
+        client.delete_registered_model_alias(table.model, new)
+
+
+@pytest.mark.parametrize("default, user, verdicts", VERDICTS, ids=[f"{d}-{u}" for d, u, _ in VERDICTS])
+def test_each_pre_check_refuses_what_the_server_refuses_and_nothing_it_allows(default, user, verdicts, request):
+    table = request.getfixturevalue(f"table_{default.lower()}")
+    for operation, expected in zip(OPERATIONS, verdicts.split(), strict=True):
+        new = f"rt-{uuid.uuid4().hex[:10]}"  # an experiment, model or alias name the server has not seen
+        with _as(table.server, user) as client:
+            try:
+                _pre_check(operation, table, new)
+                checked, why = "yes", ""
+            except AccessError as e:
+                checked, why = "no", str(e)
+            try:
+                _try(operation, client, table, new)
+                served = "yes"
+            except Exception as e:  # anything but the server's 401 or 403 fails the test
+                if refusal(e) is None:
+                    raise
+                served = "no"
+        SEEN[default, user, operation] = checked, served, why
+        assert (checked if checked == served else f"{checked}/{served}") == expected, (operation, why)
+        assert "\n" not in why
+        if expected == "no/yes":  # the one thing it cannot know, and the refusal says what to do about it
+            assert f"NO_PERMISSIONS also hides whether model {new!r} exists" in why, why
+
+
+def test_the_issue_a_sweep_by_a_user_with_only_mlflows_grant_into_a_model_not_made_yet(table_read, table_no_permissions):
+    """The sweep's own check (runs, models, register): with `default_permission = READ` the user sees
+    that the model is not there yet, so it may create it; with NO_PERMISSIONS it cannot see, and is told how to find out."""
+    new = f"rt-{uuid.uuid4().hex[:10]}"
+    with _as(table_read.server, "rt-own"):
+        check_sweep(table_read.experiment, new)
+    with _as(table_no_permissions.server, "rt-own") as client:
+        with pytest.raises(AccessError) as refused:
+            check_sweep(table_no_permissions.experiment, new)
+        assert str(refused.value).startswith(f"user 'rt-own' may not register versions of model {new!r} (it has "
+                                             "NO_PERMISSIONS there; that needs EDIT): ask an admin for"), refused.value
+        assert f"NO_PERMISSIONS also hides whether model {new!r} exists" in str(refused.value)
+        # what the refusal suggests: creating the model tells whether it exists, and a new one is the user's
+        with pytest.raises(MlflowException) as exists:
+            client.create_registered_model(table_no_permissions.model)
+        assert exists.value.error_code == "RESOURCE_ALREADY_EXISTS", exists.value
+        client.create_registered_model(new)
+        check_sweep(table_no_permissions.experiment, new)
+
+
+def test_the_table_of_pre_checks_prints_for_a_note(capsys):
+    """`pytest tests/test_access.py -k pre_check` prints it (pre-check / server; * where they differ)."""
+    lines = [f"| default_permission | user | {' | '.join(OPERATIONS)} |", "|" + " --- |" * (len(OPERATIONS) + 2)]
+    for default, user, _ in VERDICTS:
+        seen = [SEEN.get((default, user, operation)) for operation in OPERATIONS]
+        if any(seen):
+            cells = ["-" if s is None else f"{s[0]} / {s[1]}" + (" *" if s[0] != s[1] else "") for s in seen]
+            lines.append(f"| {default} | {user} | {' | '.join(cells)} |")
+    with capsys.disabled():
+        print("\n\n" + "\n".join(lines) + "\n\n" + "\n".join(f"- {op}: {what}" for op, what in OPERATIONS.items())
+              + "\n- users: " + "; ".join(f"{u}: {r}" for u, r in TABLE_USERS.items()) + "\n")
+    assert all(s[0] == s[1] or (s[0], s[1]) == ("no", "yes") for s in SEEN.values())
 
 
 def test_no_password_is_in_any_output_param_tag_artifact_or_the_server_log(study, tmp_path):
