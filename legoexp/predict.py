@@ -99,7 +99,7 @@ def load_model(uri: str):
         from legoexp.tracking import check_store
 
         check_store()
-    from legoexp.access.rights import refusal
+    from legoexp.access.rules import refusal
 
     try:
         return mlflow.pyfunc.load_model(uri)

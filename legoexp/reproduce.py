@@ -46,7 +46,7 @@ def read_run(ref: str):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from legoexp.access.rights import refusal
+    from legoexp.access.rules import refusal
     from legoexp.tracking import check_store
 
     check_store()

@@ -30,7 +30,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from legoexp.access import admin as access
-from legoexp.access.rights import ROLES, Rights, check_sweep, refusal
+from legoexp.access.rights import Rights, check_sweep
+from legoexp.access.rules import ROLES, refusal
 from legoexp.errors import AccessError
 from legoexp.registry import register_once
 

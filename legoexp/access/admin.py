@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from legoexp import config
-from legoexp.access.rights import ROLE_NAMES, ROLES, login, rank, refusal, server
+from legoexp.access.rules import ROLE_NAMES, ROLES, login, rank, refusal, server
 from legoexp.errors import AccessError, UserError
 
 INIT_USERS = ("sweep", "worker", "promoter")  # init: one user per role, named after it

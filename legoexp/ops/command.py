@@ -67,6 +67,6 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
 def _refusal(error: Exception) -> AccessError | None:
     if "mlflow" not in sys.modules:  # nothing has talked to a tracking server
         return None
-    from legoexp.access.rights import refusal
+    from legoexp.access.rules import refusal
 
     return refusal(error)
