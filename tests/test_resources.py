@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -237,10 +238,10 @@ def test_real_failures_of_mlflow_and_optuna_name_what_ran_out(tmpfs, tmp_path, c
     artifact = tmp_path / "artifact.bin"
     artifact.write_bytes(os.urandom(64 << 10))
 
-    def line(action) -> str:
+    def line(action, where=None) -> str:
         with pytest.raises(Exception) as raised:
             action()
-        shortage = resources.find(raised.value, places)
+        shortage = resources.find(raised.value, where or places)
         assert shortage is not None, raised.value
         return shortage.line()
 
@@ -280,6 +281,9 @@ def test_real_failures_of_mlflow_and_optuna_name_what_ran_out(tmpfs, tmp_path, c
     ro_study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(ro_journal))))
     assert line(lambda: ro_study.set_user_attr("note", "x")) == \
         f"writing the Optuna storage journal {ro_journal} failed: read-only file system; make it writable, {RERUN}"
+    new_db = read_only / "new.db"  # a database SQLite may not create: "unable to open database file"
+    assert line(lambda: sqlite3.connect(new_db).execute("CREATE TABLE t (x)"), resources.Places(f"sqlite:///{new_db}")) \
+        == f"writing the tracking store sqlite:///{new_db} failed: read-only file system; make it writable, {RERUN}"
     from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
     ro_artifacts = read_only / "mlruns" / "1" / run / "artifacts"

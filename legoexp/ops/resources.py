@@ -39,7 +39,7 @@ _ERRNOS = {
     errno.EACCES: (DENIED, "permission denied"),
     errno.EPERM: (DENIED, "permission denied (operation not permitted)"),
 }
-_SQLITE_FULL, _SQLITE_READONLY = 13, 8  # result codes (sqlite3.Error.sqlite_errorcode & 0xff)
+_SQLITE_FULL, _SQLITE_READONLY, _SQLITE_CANTOPEN = 13, 8, 14  # result codes (sqlite3.Error.sqlite_errorcode & 0xff)
 # The same, as text: for errors that arrive as a message only (a tracking server's answer, a
 # PostgreSQL "could not extend file ...: No space left on device"). Permission denied only with its
 # errno: a tracking server says "Permission denied" for a right the user lacks, which is not this.
@@ -130,6 +130,10 @@ def _classify(node: BaseException, outer: list[BaseException], places: Places) -
         kind, reason = ((ROOM, "the database or disk is full") if code & 0xFF == _SQLITE_FULL
                         else (READ_ONLY, "the database is read-only"))
         return _database(kind, reason, [node, *outer], places)
+    if code is not None and code & 0xFF == _SQLITE_CANTOPEN:  # a database it may not create (or open)
+        shortage = _database(READ_ONLY, "", [node, *outer], places)
+        refused = _refused(shortage.path) if shortage.path is not None else None
+        return Shortage(shortage.what, *refused, shortage.path) if refused else None
     if isinstance(node, (OSError, UserError)) or code is not None or getattr(node, "orig", None) is not None:
         return None  # another errno or SQLite error; legoexp's own words; SQLAlchemy's wrapper (.orig is next)
     text = str(node)
@@ -279,6 +283,22 @@ def _size(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} bytes"
+
+
+def _refused(path: Path) -> tuple[str, str] | None:
+    """(kind, reason) when a database file at ``path`` cannot be made: its folder is on a read-only file
+    system or not writable; None if neither (then "unable to open database file" is something else)."""
+    try:
+        existing = _existing(path)
+        if existing is None or existing == path:
+            return None
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            return READ_ONLY, "read-only file system"
+        if not os.access(existing, os.W_OK):
+            return DENIED, "permission denied"
+    except OSError:
+        pass
+    return None
 
 
 def _why_read_only(path: Path) -> str:
