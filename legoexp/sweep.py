@@ -146,27 +146,60 @@ def main(argv=None) -> int:
 
 
 def main_or_storage_error(argv=None) -> int:
-    """``main``, with a storage or tracking store that goes away, or a fold worker that dies mid-sweep,
-    reported in one line (a rerun resumes)."""
+    """``main``, with a storage or tracking store that goes away, a write that runs out of room or is
+    refused (a full disk, a read-only file system, permission denied: ``ops.resources``), or a fold
+    worker that dies mid-sweep, reported in one line (a rerun resumes). Meanwhile the log records in
+    which MLflow (or Optuna) prints such a resource error with its traceback are dropped
+    (``resources.quiet``): that line reports it."""
     gc.disable()  # before the imports below (see main)
     from concurrent.futures.process import BrokenProcessPool
 
+    import mlflow
     import optuna
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import OperationalError
 
     from legoexp import tracking
+    from legoexp.ops import resources
 
+    def places() -> resources.Places:  # what this sweep writes to, to name it; asked only after an error
+        try:
+            from legoexp.study.storage import storage_label
+
+            args = parse_args(argv)
+            cfg = config.resolve("sweep", SETTINGS, args.config, config.options(args, "sweep"))
+            storage = storage_label(cfg["storage"], tracking.store_directory())
+        except (Exception, SystemExit):
+            storage = None
+        return resources.Places(mlflow.get_tracking_uri(), mlflow.get_registry_uri(), storage)
+
+    silenced = None
     try:
-        return main(argv)
-    except BrokenProcessPool:
-        raise UserError("a fold-training worker process died (killed, or out of memory); rerun the same "
-                        "command to resume") from None
-    except (optuna.exceptions.StorageInternalError, OperationalError) as e:
-        raise UserError(f"the Optuna storage failed ({first_line(e.__cause__ or e)}); when it is reachable again, rerun the "
-                        "same command to resume") from None
-    except MlflowException as e:
-        raise tracking.store_failure(e) from None
+        with resources.quiet() as silenced:
+            code = main(argv)
+    except UserError:
+        raise  # worded already
+    except Exception as e:
+        shortage = resources.find(e, places())
+        if shortage is None and silenced is not None and silenced.first is not None and \
+                isinstance(e, (MlflowException, optuna.exceptions.StorageInternalError, OperationalError)):
+            shortage = resources.find(silenced.first, places())  # what MLflow logged and legoexp did not see
+        if shortage is not None:
+            raise shortage.error() from None
+        if isinstance(e, BrokenProcessPool):
+            raise UserError("a fold-training worker process died (killed, or out of memory); rerun the same "
+                            "command to resume") from None
+        if isinstance(e, (optuna.exceptions.StorageInternalError, OperationalError)):
+            raise UserError(f"the Optuna storage failed ({first_line(e.__cause__ or e)}); when it is reachable "
+                            "again, rerun the same command to resume") from None
+        if isinstance(e, MlflowException):
+            raise tracking.store_failure(e) from None
+        raise
+    if silenced.first is not None:  # an error MLflow logged, which the sweep went on without
+        shortage = resources.find(silenced.first, places())
+        print(f"warning: {silenced.dropped} error(s) of MLflow not shown, the first: writing {shortage.what} "
+              f"failed: {shortage.reason}; the sweep went on", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from test_readme import PATH_SECTION, commands, section
 
 ROOT = Path(__file__).resolve().parent.parent

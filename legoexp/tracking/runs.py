@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from legoexp.config import TrainConfig
 from legoexp.data import Source, Split
 from legoexp.errors import UserError, first_line
+from legoexp.ops import resources
 
 DEFAULT_EXPERIMENT = "legoexp"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars garble our progress lines
@@ -84,13 +85,23 @@ def run_exists(run_id: str) -> bool:
 STORE_FAILURES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
 
 
-def store_failure(e: Exception) -> Exception:
-    """What to raise for an MLflow error: a store that failed (unreachable, a 5xx, a locked or broken
-    database) becomes one line naming it; anything else (a bug) is ``e`` itself."""
+def store_failure(e: Exception, optuna_storage: str | None = None) -> Exception:
+    """What to raise for an MLflow error: a write that ran out of room or was refused (a full disk, a
+    read-only file system, permission denied: ``ops.resources``) becomes one line saying what, where and
+    why; a store that failed otherwise (unreachable, a 5xx, a locked or broken database) one line naming
+    it; anything else (a bug) is ``e`` itself. ``optuna_storage``: the study's, as logged, to name it."""
+    shortage = resources.find(e, _places(optuna_storage))
+    if shortage is not None:
+        return shortage.error()
     if getattr(e, "error_code", None) not in STORE_FAILURES:
         return e
     return UserError(f"the tracking store {mlflow.get_tracking_uri()} failed ({first_line(e)[:300]}); when it works again, "
                      "rerun the same command to resume")
+
+
+def _places(optuna_storage: str | None = None) -> resources.Places:
+    """What this process writes to: the tracking store, the registry, and ``optuna_storage`` if given."""
+    return resources.Places(mlflow.get_tracking_uri(), mlflow.get_registry_uri(), optuna_storage)
 
 
 def provenance(data: str, source: Source, train: Split) -> dict:
