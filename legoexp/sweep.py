@@ -150,7 +150,7 @@ def main_or_storage_error(argv=None) -> int:
     refused (a full disk, a read-only file system, permission denied: ``ops.resources``), or a fold
     worker that dies mid-sweep, reported in one line (a rerun resumes). Meanwhile the log records in
     which MLflow (or Optuna) prints such a resource error with its traceback are dropped
-    (``resources.quiet``): that line reports it."""
+    (``logs.quiet``): that line reports it."""
     gc.disable()  # before the imports below (see main)
     from concurrent.futures.process import BrokenProcessPool
 
@@ -160,7 +160,7 @@ def main_or_storage_error(argv=None) -> int:
     from sqlalchemy.exc import OperationalError
 
     from legoexp import tracking
-    from legoexp.ops import resources
+    from legoexp.ops import logs, resources
 
     def places() -> resources.Places:  # what this sweep writes to, to name it; asked only after an error
         try:
@@ -175,7 +175,7 @@ def main_or_storage_error(argv=None) -> int:
 
     silenced = None
     try:
-        with resources.quiet() as silenced:
+        with logs.quiet() as silenced:
             code = main(argv)
     except UserError:
         raise  # worded already

@@ -30,7 +30,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from legoexp.ops import resources
+from legoexp.ops import logs, resources
 
 SMALL = ["--folds", "2", "--seeds", "2", "--epochs", "2", "--trials", "3"]
 RERUN = "then rerun the same command to resume"
@@ -256,7 +256,7 @@ def test_real_failures_of_mlflow_and_optuna_name_what_ran_out(tmpfs, tmp_path, c
 
     # MLflow logs its SQL store's errors with their traceback; under quiet() those records are dropped, others not
     capfd.readouterr()
-    with resources.quiet() as silenced:
+    with logs.quiet() as silenced:
         with pytest.raises(Exception):
             client.set_tag(run, "k", "v")
         try:

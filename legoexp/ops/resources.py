@@ -15,22 +15,21 @@ and ``Shortage.error()`` says in one line what was being written (the tracking s
 a logged model's artifacts, the Optuna storage or its journal, a file), where (URI or path), what
 ran out or was refused, and that rerunning the same command resumes once that is fixed.
 
-MLflow logs some of these errors with their whole traceback before raising them (its SQL
-store: ``mlflow.store.db.utils``). ``quiet`` drops, while a command runs, the log records that
-carry such an error, and only those: the command reports it itself.
+MLflow logs some of these errors with their whole traceback before raising them; ``ops.logs``
+drops those records while a command that reports them itself runs.
 """
 
-import contextlib
 import errno
-import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from legoexp.errors import UserError
+from legoexp.ops import filesystem
+from legoexp.ops.filesystem import DENIED, READ_ONLY
 
-ROOM, READ_ONLY, DENIED = "room", "read-only", "denied"
+ROOM = "room"
 
 _ERRNOS = {
     errno.ENOSPC: (ROOM, "no space left on the device"),
@@ -86,9 +85,9 @@ class Shortage:
     def line(self) -> str:
         detail = ""
         if self.kind == ROOM and self.path is not None:
-            detail = _free_space(self.path)
+            detail = filesystem.free_space(self.path)
         elif self.kind == READ_ONLY and self.reason == "the database is read-only" and self.path is not None:
-            detail = _why_read_only(self.path)
+            detail = filesystem.why_read_only(self.path)
         return (f"writing {self.what} failed: {self.reason}{detail}; {FIXES[self.kind]}, then rerun the same "
                 "command to resume")
 
@@ -132,7 +131,7 @@ def _classify(node: BaseException, outer: list[BaseException], places: Places) -
         return _database(kind, reason, [node, *outer], places)
     if code is not None and code & 0xFF == _SQLITE_CANTOPEN:  # a database it may not create (or open)
         shortage = _database(READ_ONLY, "", [node, *outer], places)
-        refused = _refused(shortage.path) if shortage.path is not None else None
+        refused = filesystem.refused(shortage.path) if shortage.path is not None else None
         return Shortage(shortage.what, *refused, shortage.path) if refused else None
     if isinstance(node, (OSError, UserError)) or code is not None or getattr(node, "orig", None) is not None:
         return None  # another errno or SQLite error; legoexp's own words; SQLAlchemy's wrapper (.orig is next)
@@ -248,110 +247,3 @@ def _path_written(errors: list[BaseException]) -> Path | None:
                 if isinstance(value, str) and value:
                     return Path(value)
     return None
-
-
-def _existing(path: Path) -> Path | None:
-    path = path.absolute()
-    while not path.exists():
-        if path.parent == path:
-            return None
-        path = path.parent
-    return path
-
-
-def _mount_point(path: Path) -> Path:
-    device = path.stat().st_dev
-    while path.parent != path and path.parent.stat().st_dev == device:
-        path = path.parent
-    return path
-
-
-def _free_space(path: Path) -> str:
-    """`` (N free on the file system at MOUNT)``, or '' when it cannot be told (not a local path)."""
-    try:
-        existing = _existing(path)
-        if existing is None:
-            return ""
-        st = os.statvfs(existing)
-        return f" ({_size(st.f_bavail * st.f_frsize)} free on the file system at {_mount_point(existing)})"
-    except OSError:
-        return ""
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
-
-
-def _refused(path: Path) -> tuple[str, str] | None:
-    """(kind, reason) when a database file at ``path`` cannot be made: its folder is on a read-only file
-    system or not writable; None if neither (then "unable to open database file" is something else)."""
-    try:
-        existing = _existing(path)
-        if existing is None or existing == path:
-            return None
-        if os.statvfs(existing).f_flag & os.ST_RDONLY:
-            return READ_ONLY, "read-only file system"
-        if not os.access(existing, os.W_OK):
-            return DENIED, "permission denied"
-    except OSError:
-        pass
-    return None
-
-
-def _why_read_only(path: Path) -> str:
-    """Why SQLite found a database read-only: its file system, or the file's (or its folder's) rights."""
-    try:
-        existing = _existing(path)
-        if existing is None:
-            return ""
-        if os.statvfs(existing).f_flag & os.ST_RDONLY:
-            return f" (read-only file system at {_mount_point(existing)})"
-        for p in (path, path.parent):
-            if p.exists() and not os.access(p, os.W_OK):
-                return f" (permission denied on {p})"
-    except OSError:
-        pass
-    return ""
-
-
-class Silenced(logging.Filter):
-    """A log filter that drops the records carrying a resource error (one ``find`` finds) and keeps
-    the first such error."""
-
-    def __init__(self):
-        super().__init__()
-        self.first: BaseException | None = None
-        self.dropped = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        errors = [record.exc_info[1]] if record.exc_info and record.exc_info[1] is not None else []
-        errors += [a for a in (record.args if isinstance(record.args, tuple) else ()) if isinstance(a, BaseException)]
-        for e in errors:
-            if find(e) is not None:
-                self.first = self.first or e
-                self.dropped += 1
-                return False
-        return True
-
-
-LOGGERS = ("", "mlflow", "sqlalchemy.engine", "alembic", "optuna")  # those with handlers of their own
-
-
-@contextlib.contextmanager
-def quiet():
-    """``with quiet() as silenced:`` the handlers of MLflow's, SQLAlchemy's, Optuna's and the root
-    logger (and Python's last-resort one) drop the records that carry a resource error; all others
-    pass. ``silenced.first`` is the first error dropped."""
-    silenced = Silenced()
-    handlers = {h for name in LOGGERS for h in logging.getLogger(name).handlers} | {logging.lastResort}
-    handlers.discard(None)
-    for h in handlers:
-        h.addFilter(silenced)
-    try:
-        yield silenced
-    finally:
-        for h in handlers:
-            h.removeFilter(silenced)

@@ -6,7 +6,6 @@ study may have a new best), which is why the best params are tags, not params.
 
 import sys
 
-import mlflow
 import numpy as np
 import optuna
 from optuna.trial import TrialState
@@ -40,6 +39,5 @@ def log_study(study: optuna.Study, parent_id: str) -> None:
             continue
         figures[name] = np.ravel(axes)[0].figure
     faults.point("report.figures")
-    with mlflow.start_run(run_id=parent_id):
-        tracking.log_figures(figures)
+    tracking.log_figures(figures, run_id=parent_id)  # the parent stays RUNNING until the sweep ends
     plt.close("all")

@@ -168,7 +168,10 @@ def log_split(split: Split, source: Source) -> None:
     mlflow.log_input(dataset, context="training" if split.name == "train" else "testing")
 
 
-def log_figures(figures: dict) -> None:
-    """Each figure as ``plots/<name>.png``."""
+def log_figures(figures: dict, run_id: str | None = None) -> None:
+    """Each figure as ``plots/<name>.png``, of run ``run_id`` (default: the active run)."""
     for name, fig in figures.items():
-        mlflow.log_figure(fig, f"plots/{name}.png")
+        if run_id is None:
+            mlflow.log_figure(fig, f"plots/{name}.png")
+        else:  # not through start_run(run_id): leaving it would end the run FINISHED
+            MlflowClient().log_figure(run_id, fig, f"plots/{name}.png")
