@@ -56,6 +56,20 @@ def _ended(proc, timeout: float = 120) -> float:
     return time.monotonic() - started
 
 
+def _terminated(proc, pid: int, log: Path, what: str, send=os.kill, held: int | None = None) -> str:
+    """Send SIGTERM (with ``send``: to ``pid``, or its group), let the process held at its fault point
+    (``held``, default ``pid``) go on, and return the command's stderr once it has exited 143 without a
+    traceback; print how long it took."""
+    send(pid, signal.SIGTERM)
+    os.kill(held or pid, signal.SIGCONT)
+    seconds = _ended(proc)
+    print(f"SIGTERM to {what}: exited {proc.returncode} after {seconds:.2f} s")
+    stderr = log.read_text()
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    return stderr
+
+
 def _assert_nothing_running(tracking_uri, name, reason):
     trials = _trials(tracking_uri, name)
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
@@ -79,16 +93,7 @@ def test_sigterm_ends_a_sweep_at_once_its_trials_failed_and_a_rerun_resumes(mlfl
                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     pid = held_at_fault(proc, tmp_path / "held")
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    if to == "group":
-        os.killpg(pid, signal.SIGTERM)
-    else:
-        os.kill(pid, signal.SIGTERM)
-    os.kill(pid, signal.SIGCONT)
-    seconds = _ended(proc)
-    print(f"SIGTERM to the sweep's {to}: exited {proc.returncode} after {seconds:.2f} s")
-    stderr = log.read_text()
-    assert proc.returncode == 143, stderr
-    assert "Traceback" not in stderr
+    stderr = _terminated(proc, pid, log, f"the sweep's {to}", os.killpg if to == "group" else os.kill)
     assert stderr.strip().splitlines()[-1] == ("terminated (SIGTERM) with 2 finished trial(s); rerun the same "
                                                "command to resume")
     trials, runs = _assert_nothing_running(tracking_uri, name, "terminated")
@@ -136,13 +141,8 @@ def test_sigterm_ends_a_worker_its_trials_failed_and_the_parent_left_to_its_swee
         proc = subprocess.Popen([*_sweep_args(name), "--worker"], stdout=subprocess.DEVNULL, stderr=err,
                                 env=faults_env(mlflow_env, "trial.fold#3=stop", tmp_path / "held"))
     pid = held_at_fault(proc, tmp_path / "held")
-    os.kill(pid, signal.SIGTERM)
-    os.kill(pid, signal.SIGCONT)
-    seconds = _ended(proc)
-    print(f"SIGTERM to a worker: exited {proc.returncode} after {seconds:.2f} s")
-    stderr = log.read_text()
-    assert proc.returncode == 143, stderr
-    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "terminated (SIGTERM)"
+    stderr = _terminated(proc, pid, log, "a worker")
+    assert stderr.strip().splitlines()[-1] == "terminated (SIGTERM)"
     _, runs = _assert_nothing_running(tracking_uri, name, "terminated")
     assert [r.info.status for r in runs if r.data.tags["legoexp.kind"] == "sweep"] == ["FINISHED"]
 
@@ -178,13 +178,7 @@ def test_sigterm_to_a_sweep_with_jobs_ends_its_workers_trials_too(mlflow_env, tr
                                 stdout=subprocess.DEVNULL, stderr=err)
     worker = held_at_fault(proc, once)  # one of the two workers, mid-trial
     assert worker != proc.pid
-    os.kill(proc.pid, signal.SIGTERM)  # the sweep passes it on to its workers
-    os.kill(worker, signal.SIGCONT)
-    seconds = _ended(proc)
-    print(f"SIGTERM to a sweep with --jobs 2: exited {proc.returncode} after {seconds:.2f} s")
-    stderr = log.read_text()
-    assert proc.returncode == 143, stderr
-    assert "Traceback" not in stderr
+    stderr = _terminated(proc, proc.pid, log, "a sweep with --jobs 2", held=worker)  # it passes it on to its workers
     assert stderr.strip().splitlines()[-1].startswith("terminated (SIGTERM) with ")
     assert state(worker) in (None, "Z")
     _, runs = _assert_nothing_running(tracking_uri, name, "terminated")
@@ -199,12 +193,7 @@ def test_sigterm_while_the_comparison_is_logged_ends_it_killed_and_a_rerun_regis
         proc = subprocess.Popen([*_sweep_args(name, trials=3), "--model-name", name], stdout=subprocess.DEVNULL,
                                 stderr=err, env=faults_env(mlflow_env, "report.model_logged=stop", once))
     pid = held_at_fault(proc, once)
-    os.kill(pid, signal.SIGTERM)
-    os.kill(pid, signal.SIGCONT)
-    _ended(proc)
-    stderr = log.read_text()
-    assert proc.returncode == 143, stderr
-    assert "Traceback" not in stderr
+    stderr = _terminated(proc, pid, log, "a sweep logging its comparison")
     assert stderr.strip().splitlines()[-1] == "terminated (SIGTERM) with 3 finished trial(s); rerun the same " \
                                               "command to resume"
     runs = {r.data.tags["legoexp.kind"]: r.info.status for r in _runs(name) if r.data.tags["legoexp.kind"] != "trial"}
