@@ -28,6 +28,14 @@ def normalise(images: np.ndarray) -> nd.NDArray:
     return nd.array(normalised(images), dtype="float32")
 
 
+def size(hidden1: int, hidden2: int) -> dict[str, int]:
+    """What a net of these hidden sizes costs, from its architecture alone: ``param_count`` (weights and
+    biases) and ``macs_per_image`` (the multiply-adds of one image's forward pass)."""
+    layers = [(INPUT_SIZE, hidden1), (hidden1, hidden2), (hidden2, NUM_CLASSES)]
+    return {"param_count": sum(n_in * n_out + n_out for n_in, n_out in layers),
+            "macs_per_image": sum(n_in * n_out for n_in, n_out in layers)}
+
+
 def build_net(hidden1: int = 128, hidden2: int = 64, seed: int | None = None) -> nn.HybridSequential:
     """Return the lab's MLP, initialised; ``seed`` seeds MXNet's generator first."""
     if seed is not None:

@@ -108,6 +108,20 @@ def test_a_small_sweep_logs_parent_trials_comparison_and_registers(mlflow_env, t
 
 
 @pytest.mark.slow
+def test_every_trial_run_logs_its_nets_size_from_its_architecture(mlflow_env):
+    from legoexp.model import size
+
+    proc, name = _sweep(mlflow_env, "--trials", "3", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    trials = [r for r in _runs(name) if r.data.tags["legoexp.kind"] == "trial"]
+    assert len(trials) == 3
+    for r in trials:
+        p = r.data.params
+        expected = size(int(p["hidden1"]), int(p["hidden2"]))
+        assert (int(p["param_count"]), int(p["macs_per_image"])) == (expected["param_count"], expected["macs_per_image"])
+
+
+@pytest.mark.slow
 def test_the_test_split_is_not_read_until_the_search_is_over(mlflow_env, tracking_uri, tmp_path):
     from legoexp.data import load_split, open_source
 

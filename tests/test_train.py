@@ -123,3 +123,14 @@ def test_a_reused_net_gives_the_numbers_of_a_fresh_one_whatever_came_before(synt
             assert np.array_equal(a.data().asnumpy(), b.data().asnumpy())
     first, again = train(SMALL, x, y, reuse=True).net, train(SMALL, x, y, reuse=True).net
     assert first is again  # the same net: kept, not rebuilt
+
+
+@pytest.mark.parametrize("hidden1, hidden2", [(128, 64), (32, 16), (512, 256), (1, 1)])
+def test_a_nets_size_counts_its_real_parameters_and_forward_multiply_adds(hidden1, hidden2):
+    from legoexp.model import build_net, size
+
+    net = build_net(hidden1, hidden2, seed=0)
+    weights = [p.data() for p in net.collect_params().values()]
+    assert size(hidden1, hidden2)["param_count"] == sum(w.size for w in weights)
+    assert size(hidden1, hidden2)["macs_per_image"] == sum(w.size for w in weights if w.ndim == 2)
+    assert size(128, 64)["param_count"] == 303_946  # the lab's net

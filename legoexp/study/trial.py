@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from legoexp import tracking
+from legoexp import model, tracking
 from legoexp.config import TrainConfig, sweep_config
 from legoexp.ops import faults
 from legoexp.ops.command import Terminated
@@ -89,6 +89,7 @@ class Trials:
             trial.set_user_attr("mlflow_run_id", running.run_id)
             trial.set_user_attr("mlflow_run_url", tracking.run_url(self.experiment_id, running.run_id))  # shown by optuna-dashboard
             tracking.log_params(running.run_id, {**config.as_params(), **self.params,
+                                                 **model.size(config.hidden1, config.hidden2),
                                                  "trial_number": trial.number, "folds": self.cfg["folds"]})
         except BaseException as e:
             self.abandon(running, e)
