@@ -12,6 +12,7 @@ reading a configuration back from a run's params or a version's tags (``read_con
 """
 
 import argparse
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, make_dataclass
@@ -181,6 +182,7 @@ def options(args: argparse.Namespace, command: str) -> dict:
     return {key: getattr(args, key) for key in COMMANDS[command]}
 
 
+@functools.cache  # read once a process: every trial's fit asks for it
 def _lab_defaults() -> dict:
     try:
         values = defaults("baseline")
