@@ -171,21 +171,6 @@ def test_sigterm_before_any_work_exits_143_in_one_line(mlflow_env):
 
 
 @pytest.mark.slow
-def test_sigterm_to_a_sweep_with_jobs_ends_its_workers_trials_too(mlflow_env, tracking_uri, tmp_path):
-    name, log, once = f"study-{uuid.uuid4().hex[:8]}", tmp_path / "stderr", tmp_path / "held"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([*_sweep_args(name), "--jobs", "2"], env=faults_env(mlflow_env, "trial.fold#3=stop", once),
-                                stdout=subprocess.DEVNULL, stderr=err)
-    worker = held_at_fault(proc, once)  # one of the two workers, mid-trial
-    assert worker != proc.pid
-    stderr = _terminated(proc, proc.pid, log, "a sweep with --jobs 2", held=worker)  # it passes it on to its workers
-    assert stderr.strip().splitlines()[-1].startswith("terminated (SIGTERM) with ")
-    assert state(worker) in (None, "Z")
-    _, runs = _assert_nothing_running(tracking_uri, name, "terminated")
-    assert [r.info.status for r in runs if r.data.tags["legoexp.kind"] == "sweep"] == ["KILLED"]
-
-
-@pytest.mark.slow
 def test_sigterm_while_the_comparison_is_logged_ends_it_killed_and_a_rerun_registers(mlflow_env, tracking_uri,
                                                                                     tmp_path):
     name, log, once = f"study-{uuid.uuid4().hex[:8]}", tmp_path / "stderr", tmp_path / "held"
