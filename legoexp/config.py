@@ -33,10 +33,11 @@ class Setting:
     check: Callable[[Any], bool] = lambda v: True
     expected: str = ""
     searched: bool = False  # a hyperparameter that the sweep's search space varies
+    convert: Callable[[Any], Any] | None = None  # from YAML or the command line; default: by ``kind``
 
     def coerce(self, key: str, value, where: str):
         try:
-            value = _CONVERT[self.kind](value)
+            value = (self.convert or _CONVERT[self.kind])(value)
         except (ValueError, TypeError):
             raise ConfigError(f"{where}: {key}={value!r}; expected {self.description}") from None
         if not self.check(value):
@@ -75,6 +76,25 @@ def name(help: str) -> Setting:
     return Setting(str, help, bool, "a non-empty name")
 
 
+def one_of(choices: tuple[str, ...], help: str) -> Setting:
+    return Setting(str, help, lambda v: v in choices, f"one of {', '.join(choices)}")
+
+
+def _to_names(value) -> str:
+    """A YAML list, or the command line's comma-separated text, as ``a,b``."""
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, str) for v in value):
+            raise ValueError(value)
+        value = ",".join(value)
+    if not isinstance(value, str):
+        raise ValueError(value)
+    return ",".join(v.strip() for v in value.split(","))
+
+
+OBJECTIVES = ("accuracy", "params")  # what a study can optimise: CV accuracy (max), the net's parameter count (min)
+SELECT_RULES = ("best", "simplest-within", "rescored")  # which trial a sweep ships: legoexp.selection
+
+
 SETTINGS: dict[str, Setting] = {
     # where the data comes from
     "data": Setting(str, "'synthetic' (the built-in generated set), 'synthetic:SEED', a directory holding the "
@@ -103,6 +123,21 @@ SETTINGS: dict[str, Setting] = {
                               "folds in parallel)"),
     "heartbeat": int_range(1, 3600, "seconds between a running trial's heartbeats; a trial silent for 3 heartbeats "
                                     "is failed and redone by the others"),
+    "objectives": Setting(str, "what the study optimises: accuracy (cross-validated, maximised), or accuracy,params "
+                               "(also the net's parameter count, minimised: a multi-objective study, not pruned)",
+                          lambda v: v in ("accuracy", "accuracy,params"),
+                          "[accuracy] or [accuracy, params] (on the command line: accuracy or accuracy,params)",
+                          convert=_to_names),
+    "select": one_of(SELECT_RULES, "which trial to compare and register (docs/selection.md): best (the highest "
+                                   "search CV), simplest-within (the smallest candidate within --tolerance of the "
+                                   "most accurate, re-scored), rescored (the most accurate candidate, re-scored)"),
+    "tolerance": Setting(float, "simplest-within: the test accuracy a smaller candidate may lose; its paired "
+                                "difference from the most accurate must have a 95% lower bound above -tolerance",
+                         lambda v: 0 < v < 1, "a number > 0 and < 1"),
+    "top_k": int_range(2, 1000, "candidates of a single-objective study that the rules re-score: the top-k trials "
+                                "by search CV (a multi-objective study's are its Pareto front)"),
+    "repeats": int_range(1, 100, "repeats of the re-scoring's stratified k-fold CV of the training split, each "
+                                 "with fresh fold and training seeds (seed+1, seed+2, ...)"),
     "wait": int_range(0, 86_400, "with --worker: seconds to wait for a main sweep to create the study's parent run"),
 }
 HYPERPARAMETERS = ("epochs", "lr", "batch_size", "hidden1", "hidden2", "seed")
@@ -110,7 +145,8 @@ SEARCHED = tuple(key for key in HYPERPARAMETERS if SETTINGS[key].searched)
 COMMANDS = {  # the settings each command takes; conf/<command>.yaml holds a default for each
     "baseline": ("data", *HYPERPARAMETERS),
     "sweep": ("data", "trials", "folds", "seeds", "epochs", "seed", "timeout", "study_name", "storage",
-              "experiment_name", "model_name", "search_space", "jobs", "heartbeat", "wait"),
+              "experiment_name", "model_name", "search_space", "jobs", "heartbeat", "wait", "objectives", "select",
+              "tolerance", "top_k", "repeats"),
 }
 
 

@@ -209,10 +209,12 @@ def save(fig: Figure, path: str | PathLike) -> Path:
     return path
 
 
-def seed_comparison(a, b, name_a: str = "baseline", name_b: str = "best", result=None) -> Figure:
+def seed_comparison(a, b, name_a: str = "baseline", name_b: str = "best", result=None, optimism=None) -> Figure:
     """Paired per-seed test accuracies of two configurations: a grey line per seed joining
     them, their means with confidence-interval bars, and (given a ``stats.PairedResult``)
-    the mean difference, its interval and the p-value in the title."""
+    the mean difference, its interval and the p-value in the title. Given ``optimism``
+    (``selection.optimism.Optimism``), b's search CV and re-scored CV (with its CI) beside its
+    column, and the optimism (search CV - test) with its CI in the title."""
     from legoexp.comparison.stats import format_p, mean_ci  # scipy only for the plots that need it
 
     a, b = np.asarray(a, dtype=float).reshape(-1), np.asarray(b, dtype=float).reshape(-1)
@@ -230,8 +232,14 @@ def seed_comparison(a, b, name_a: str = "baseline", name_b: str = "best", result
                     markersize=7, capsize=6, linewidth=2, zorder=2)
     ax.errorbar([], [], color=NEUTRAL, marker="D", capsize=6, label=f"mean, {confidence:.0%} CI")
     ax.plot([], [], color="grey", marker="o", label=f"one seed ({len(a)} in all)")
+    if optimism is not None:
+        ax.plot(1.3, optimism.search_cv, marker="*", markersize=12, color="black", linestyle="",
+                label=f"{name_b}: search CV", zorder=3)
+        mean, low, high = optimism.rescored_cv
+        ax.errorbar(1.3, mean, yerr=[[mean - low], [high - mean]], color="black", marker="s", markersize=6,
+                    capsize=5, linestyle="", label=f"{name_b}: re-scored CV, {confidence:.0%} CI", zorder=2)
     ax.set_xticks([0, 1], [name_a, name_b])
-    ax.set_xlim(-0.5, 1.5)
+    ax.set_xlim(-0.5, 1.6 if optimism is not None else 1.5)
     ax.set_ylabel("test accuracy")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="best", fontsize=9)
@@ -239,7 +247,10 @@ def seed_comparison(a, b, name_a: str = "baseline", name_b: str = "best", result
         lo, hi = result.ci_diff
         ax.set_title(f"{name_b} \N{MINUS SIGN} {name_a} = {result.mean_diff:+.4f} "
                      f"({confidence:.0%} CI {lo:+.4f}..{hi:+.4f})\n"
-                     f"{result.test} {format_p(result.p_value)}, {result.n} seeds", fontsize=10)
+                     f"{result.test} {format_p(result.p_value)}, {result.n} seeds"
+                     + (f"\noptimism (search CV \N{MINUS SIGN} test) {optimism.optimism[0]:+.4f} "
+                        f"({confidence:.0%} CI {optimism.optimism[1]:+.4f}..{optimism.optimism[2]:+.4f})"
+                        if optimism is not None else ""), fontsize=10)
     else:
         ax.set_title(f"{name_a} vs {name_b} over {len(a)} seeds", fontsize=10)
     return fig
@@ -269,4 +280,33 @@ def expected_max_curve(values) -> Figure:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
     ax.set_title(f"expected best of n trials, from {len(finite)} completed trials", fontsize=10)
+    return fig
+
+
+def pareto_front(points: list[dict], front: set[int], multi: bool) -> Figure:
+    """CV accuracy against parameter count (log scale), a dot per complete trial with its folds'
+    standard deviation as error bars; the Pareto front (no trial both more accurate and smaller)
+    drawn as a step line. ``points``: dicts of ``number``, ``params``, ``accuracy``, ``std``."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for member, style in ((False, {"color": "grey", "alpha": 0.5, "label": "trial"}),
+                          (True, {"color": NEUTRAL, "label": "Pareto front"})):
+        chosen = [p for p in points if (p["number"] in front) == member]
+        if chosen:
+            ax.errorbar([p["params"] for p in chosen], [p["accuracy"] for p in chosen],
+                        yerr=[p["std"] for p in chosen], fmt="o", markersize=5, capsize=3, **style)
+    edge = sorted((p for p in points if p["number"] in front), key=lambda p: p["params"])
+    if edge:
+        ax.step([p["params"] for p in edge], [p["accuracy"] for p in edge], where="post", color=NEUTRAL, alpha=0.6)
+        for p in edge:
+            ax.annotate(str(p["number"]), (p["params"], p["accuracy"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("val_accuracy (CV mean, \N{PLUS-MINUS SIGN}1 std of folds)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    kind = "multi-objective study" if multi else "single-objective study (front drawn, not searched)"
+    ax.set_title(f"accuracy against size: {len(points)} complete trials, {len(front)} on the front\n{kind}",
+                 fontsize=10)
     return fig

@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     gc.disable()
     args = parse_args(argv)
     cfg = config.resolve("sweep", SETTINGS, args.config, config.options(args, "sweep"))
+    if cfg["select"] != "best" and cfg["trials"] < 2:
+        raise ConfigError(f"select={cfg['select']!r} compares candidates: it needs trials >= 2, got trials={cfg['trials']}")
     # one deadline for the whole command, from its process's start; --jobs workers get it as --deadline
     deadline = args.deadline or (time.time() - timings.since_start() + cfg["timeout"] if cfg["timeout"] else math.inf)
 
@@ -83,6 +85,7 @@ def main(argv=None) -> int:
     from legoexp.access import rights
     from legoexp.comparison import report
     from legoexp.ops import faults
+    from legoexp.selection import rescore
     from legoexp.study import summary, workers
     from legoexp.study.search import Search
     from legoexp.study.storage import StudyLock, open_storage, storage_label
@@ -129,16 +132,20 @@ def main(argv=None) -> int:
                                    model_name=cfg["model_name"], train_split=train_split,
                                    provenance=search.provenance, runner=runner)
         with lock():  # one of the sweeps sharing the study reports; the others find it done
-            comparing = report.needs_comparison(finished)
-            if comparing:
-                report.start_comparison(finished)
-            summary.log_study(search.study, search.parent.run_id)
+            # the candidates are re-scored by the fold workers while this process draws the figures
+            pending = rescore.Pending(search.study, cfg, train_split, runner, search.parent.run_id,
+                                      search.parent.experiment_id)
+            summary.log_study(search.study, search.parent.run_id, search.parent.experiment_id)
             timings.lap("figures")
-            if comparing:
+            choice = pending.finish()
+            print(("\n" + choice.table() if len(choice.candidates) > 1 else "") + "\n" + choice.summary())
+            if report.needs_comparison(finished, choice):
+                report.start_comparison(finished, choice)
                 # the first read of the test split
-                report.compare_and_register(finished, load_split(source, "test"), quiet=args.quiet)
+                report.compare_and_register(finished, choice, load_split(source, "test"), quiet=args.quiet)
             else:
-                print("the best trial was already compared and registered; nothing left to do", file=sys.stderr)
+                print(f"trial {choice.chosen.number} was already compared and registered; nothing left to do",
+                      file=sys.stderr)
             tracking.log_metrics(search.parent.run_id, timings.metrics())  # where this run's seconds went
     print(f"done in {time.perf_counter() - started:.1f} s; see it: mlflow ui --backend-store-uri "
           f"{mlflow.get_tracking_uri()}  then open {search.parent.url}", file=sys.stderr)

@@ -56,7 +56,7 @@ def test_a_small_sweep_logs_parent_trials_comparison_and_registers(mlflow_env, t
 
     runs = _runs(name)
     kinds = sorted(r.data.tags["legoexp.kind"] for r in runs)
-    assert kinds == ["comparison", "sweep", "trial", "trial", "trial", "trial"]
+    assert kinds == ["comparison", "rescoring", "sweep", "trial", "trial", "trial", "trial"]
     assert all(r.info.status != "RUNNING" for r in runs)
     parent = next(r for r in runs if r.data.tags["legoexp.kind"] == "sweep")
     children = [r for r in runs if r is not parent]
@@ -130,11 +130,14 @@ def test_the_test_split_is_not_read_until_the_search_is_over(mlflow_env, trackin
     data.mkdir()
     np.savez(data / "train.npz", images=train.images, labels=train.labels)
     (data / "test.npz").write_bytes(b"not an npz: reading it fails")
-    proc, name = _sweep(mlflow_env, "--data", data, "--trials", "3", *TINY)
+    proc, name = _sweep(mlflow_env, "--data", data, "--trials", "3", *TINY, "--select", "simplest-within")
     assert proc.returncode == 2
     assert "test.npz: not a readable .npz file" in proc.stderr
     study = _study(_store_dir(tracking_uri), name)  # ... and yet the whole search had run
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+    # ... and the candidates were re-scored and the pick made
+    [rescoring] = [r for r in _runs(name) if r.data.tags["legoexp.kind"] == "rescoring"]
+    assert rescoring.info.status == "FINISHED" and rescoring.data.params["candidates"]
     assert all(r.info.status != "RUNNING" for r in _runs(name))
 
 
@@ -299,6 +302,13 @@ def test_a_time_limit_reached_before_any_trial_completed_is_one_line_and_nothing
     (["--storage", "journal:/no/such/dir/x.journal"], "directory /no/such/dir does not exist"),
     (["--storage", "sqlite:////no/such/dir/optuna.db"], "directory /no/such/dir does not exist"),
     (["--folds", "60"], "folds=60: the smallest class"),
+    (["--objectives", "accuracy,latency"], "objectives='accuracy,latency'; expected [accuracy] or [accuracy, params]"),
+    (["--select", "fastest"], "select='fastest'; expected one of best, simplest-within, rescored"),
+    (["--tolerance", "0"], "tolerance=0.0; expected a number > 0 and < 1"),
+    (["--tolerance", "1"], "tolerance=1.0; expected a number > 0 and < 1"),
+    (["--top-k", "1"], "top_k=1; expected an integer 2..1000"),
+    (["--select", "simplest-within", "--trials", "1"], "select='simplest-within' compares candidates: it needs "
+                                                        "trials >= 2, got trials=1"),
 ])
 def test_bad_options_are_one_line_exit_2_and_create_nothing(mlflow_env, tracking_uri, args, message):
     before = set(_store_dir(tracking_uri).iterdir())

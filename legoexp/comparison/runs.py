@@ -92,11 +92,12 @@ def read_comparison(client, run):
 
 
 def log_comparison(client, experiment_id: str, run_name: str, tags: dict, arms, seeds: list[int], result,
-                   params: dict, input_example=None) -> str:
+                   params: dict, input_example=None, optimism=None) -> str:
     """Log a comparison of two ``fits.Arm`` s as a ``comparison`` run and return its id: params
     ``seeds``, each arm's config as ``<arm>_<key>`` and ``params``; per-seed ``<arm>_test_accuracy``
     (step = seed); the summary metrics; plots/seed_comparison.png; with ``input_example``, each arm's
-    median-seed model, its URI in tag ``<arm>_model_uri``. The run ends FINISHED once all is logged,
+    median-seed model, its URI in tag ``<arm>_model_uri``; with ``optimism`` (``selection.optimism``),
+    the second arm's search CV, re-scored CV and optimism as metrics and in the chart. The run ends FINISHED once all is logged,
     else FAILED (KILLED when interrupted)."""
     import mlflow
 
@@ -111,11 +112,11 @@ def log_comparison(client, experiment_id: str, run_name: str, tags: dict, arms, 
         for arm in arms:
             params = params | {f"{arm.name}_{k}": v for k, v in arm.config.as_params().items() if k != "seed"}
         tracking.log_params(run_id, {"seeds": seeds_text(seeds), **params})
-        tracking.log_metrics(run_id, summary_metrics(result, a.name, b.name))
+        tracking.log_metrics(run_id, summary_metrics(result, a.name, b.name) | (optimism.metrics() if optimism else {}))
         tracking.log_history(run_id, {f"{arm.name}_test_accuracy": arm.accuracies for arm in arms}, steps=seeds)
         with mlflow.start_run(run_id=run_id):
             tracking.log_figures({"seed_comparison": plots.seed_comparison(
-                a.accuracies, b.accuracies, a.name, b.name, result=result)})
+                a.accuracies, b.accuracies, a.name, b.name, result=result, optimism=optimism)})
             for arm in arms if input_example is not None else ():
                 info = tracking.log_model(arm.nets[arm.median_index], input_example=input_example,
                                           name=f"{arm.name}-model")

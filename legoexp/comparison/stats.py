@@ -44,6 +44,24 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
     return mean, float(mean - half), float(mean + half)
 
 
+def corrected_mean_ci(values, folds: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)`` of scores from repeated k-fold cross-validation (``folds`` = k), one per
+    (repeat, fold): the Student-t interval with the corrected resampled variance of Nadeau & Bengio
+    (2003), ``(1/n + 1/(k-1)) s^2``, as Bouckaert & Frank (2004) use it for repeated CV. The folds'
+    training sets overlap, so their scores are not independent and the plain ``s^2/n`` would make
+    the interval far too narrow. Paired differences of two configurations on the same folds are
+    scores like any other."""
+    arr = _floats(values, "values")
+    mean = float(np.mean(arr))
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    if arr.size < 2 or _constant(arr):
+        return mean, mean, mean
+    half = _st.t.ppf((1 + confidence) / 2, arr.size - 1) * math.sqrt(
+        (1 / arr.size + 1 / (folds - 1)) * np.var(arr, ddof=1))
+    return mean, float(mean - half), float(mean + half)
+
+
 def format_p(p: float) -> str:
     """``p=0.104``, ``p=0.0034``, ``p<0.001``: three significant digits, so 0.0495 stays below 0.05."""
     return "p<0.001" if p < 0.001 else f"p={p:.3g}"

@@ -54,16 +54,39 @@ def suggest(trial: optuna.Trial, space: dict) -> dict:
     return params
 
 
-def create_study(name: str, storage, seed: int, baseline: dict) -> optuna.Study:
+def create_study(name: str, storage, seed: int, baseline: dict, objectives: str = "accuracy") -> optuna.Study:
+    """Load or make the study. ``objectives``: ``accuracy`` (maximised, the folds pruned by Wilcoxon) or
+    ``accuracy,params`` (also the net's parameter count, minimised: Optuna prunes no multi-objective
+    trial, so every trial trains all its folds)."""
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-    pruner = optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+    multi = is_multi(objectives)
+    pruner = optuna.pruners.NopPruner() if multi else optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
+    directions = ["maximize", "minimize"] if multi else ["maximize"]
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions,
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
+    if [d.name.lower() for d in study.directions] != directions:
+        made = "accuracy,params" if len(study.directions) == 2 else "accuracy"
+        raise ConfigError(f"study {name!r} was run with objectives={made!r}: rerun it with the same objectives, "
+                          "or start a new study with another --study-name")
+    if multi and study.metric_names is None:
+        study.set_metric_names(list(METRIC_NAMES))  # optuna-dashboard's axes
     alive = FINISHED + (TrialState.RUNNING, TrialState.WAITING)
     if not any(t.params == baseline or t.system_attrs.get("fixed_params") == baseline
                for t in study.get_trials(deepcopy=False, states=alive)):
         study.enqueue_trial(baseline, user_attrs={"baseline": True})
     return study
+
+
+METRIC_NAMES = ("val_accuracy", "param_count")  # a multi-objective study's values
+
+
+def is_multi(objectives: str) -> bool:
+    return objectives == "accuracy,params"
+
+
+def accuracy(trial) -> float:
+    """A complete trial's cross-validated accuracy, in a single- or multi-objective study."""
+    return trial.values[0]
 
 
 def count_finished(study: optuna.Study) -> int:

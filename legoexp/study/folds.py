@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING
 
@@ -220,6 +220,22 @@ class FoldRunner:
             with timings.training():
                 accuracy = fold_accuracy(config, self.images, self.labels, fit_idx, val_idx)
             yield accuracy
+
+    def start_folds(self, jobs: list[tuple[TrainConfig, np.ndarray, np.ndarray]]) -> Callable[[], list[float]]:
+        """Hand every ``(config, fit_idx, val_idx)`` fold to the workers now (no rounds, no pruning: a
+        re-scoring's); the function returned waits for their accuracies, in order."""
+        if self.pool is None:
+            return lambda: list(self._here_each(jobs))
+        futures = [self.pool.submit(_worker_fold, config, fit_idx, val_idx) for config, fit_idx, val_idx in jobs]
+
+        def accuracies() -> list[float]:
+            with timings.training():
+                return [future.result() for future in futures]
+        return accuracies
+
+    def _here_each(self, jobs) -> Iterator[float]:
+        for config, fit_idx, val_idx in jobs:
+            yield from self._here(config, [(fit_idx, val_idx)])
 
     def fits(self, configs: list[TrainConfig]) -> Iterator:
         """The networks ``train`` fits on the whole training split for each config, in order; all

@@ -14,7 +14,7 @@ import time
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from legoexp.study.design import FINISHED  # what --trials counts
+from legoexp.study.design import FINISHED, accuracy  # what --trials counts; a trial's CV accuracy
 
 
 def _style(quiet: bool, stream) -> str:
@@ -42,7 +42,7 @@ class Trials:
         finished = [t for t in trials if t.state.is_finished()]
         self.seen = {t.number for t in finished}
         self.done = sum(t.state in FINISHED for t in finished)
-        self.best = max((t for t in finished if t.state == TrialState.COMPLETE), key=lambda t: t.value, default=None)
+        self.best = max((t for t in finished if t.state == TrialState.COMPLETE), key=accuracy, default=None)
         self.bar = None
         if self.style == "bar":
             self.bar = tqdm(total=total, initial=min(self.done, total), desc="trials", unit="trial",
@@ -56,19 +56,19 @@ class Trials:
         for trial in new:
             self.seen.add(trial.number)
             self.done += trial.state in FINISHED
-            if trial.state == TrialState.COMPLETE and (self.best is None or trial.value > self.best.value):
+            if trial.state == TrialState.COMPLETE and (self.best is None or accuracy(trial) > accuracy(self.best)):
                 self.best = trial
             if self.style == "lines":
                 print(self.line(trial), file=self.stream, flush=True)
         if self.bar is not None:
             pruned = sum(t.state == TrialState.PRUNED for t in trials)
             self.bar.n = min(self.done, self.total)
-            self.bar.set_postfix_str(f"pruned {pruned}" + (f", best val_accuracy {self.best.value:.4f}"
+            self.bar.set_postfix_str(f"pruned {pruned}" + (f", best val_accuracy {accuracy(self.best):.4f}"
                                                            if self.best else ""))
 
     def line(self, trial: FrozenTrial) -> str:
-        value = f"val_accuracy {trial.value:.4f}" if trial.state == TrialState.COMPLETE else ""
-        best = f"best {self.best.value:.4f} (trial {self.best.number})" if self.best else "best -"
+        value = f"val_accuracy {accuracy(trial):.4f}" if trial.state == TrialState.COMPLETE else ""
+        best = f"best {accuracy(self.best):.4f} (trial {self.best.number})" if self.best else "best -"
         return (f"trial {trial.number:<4} {outcome(trial):<22} {value:<20} {best:<25} "
                 f"elapsed {time.monotonic() - self.started:6.1f} s  {max(self.total - self.done, 0)} left")
 

@@ -44,21 +44,26 @@ class Search:
         launched = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run` made a run: it becomes the parent
         experiment_id = tracking.experiment_id(cfg["experiment_name"], launched=launched)
         self.study = design.create_study(cfg["study_name"], storage, cfg["seed"],
-                                         {k: getattr(baseline, k) for k in space})
+                                         {k: getattr(baseline, k) for k in space}, cfg["objectives"])
         settings = {"folds": cfg["folds"], "epochs": cfg["epochs"], "seed": cfg["seed"],
                     "data_digest": train_split.digest, "search_space": space}
+        if design.is_multi(cfg["objectives"]):  # only then: studies made before objectives existed still match
+            settings["objectives"] = cfg["objectives"]
         previous = self.study.user_attrs.get("settings")
         if previous is None:
             self.study.set_user_attr("settings", settings)
         elif previous != settings:
-            changed = ", ".join(f"{k}={previous[k]!r}" for k in settings if previous.get(k) != settings[k])
+            changed = ", ".join(f"{k}={previous.get(k)!r}" for k in {**previous, **settings}
+                                if previous.get(k) != settings.get(k))
             raise ConfigError(f"study {cfg['study_name']!r} was run with {changed}: rerun it with the same "
                               "settings, or start a new study with another --study-name")
         self.parent = ParentRun(MlflowClient(), self.study, experiment_id, launched)
         self.provenance = tracking.provenance(cfg["data"], source, train_split)
         self.params = {"study_name": cfg["study_name"], "storage": storage_label, "folds": cfg["folds"],
                        "sampler": "TPESampler(multivariate, constant_liar, seed)",
-                       "pruner": "WilcoxonPruner(p_threshold=0.1)", "search_space": str(space),
+                       "pruner": "none (multi-objective)" if design.is_multi(cfg["objectives"])
+                       else "WilcoxonPruner(p_threshold=0.1)", "search_space": str(space),
+                       "objectives": cfg["objectives"],
                        **self.provenance}
         self.folds = folds.fold_indices(train_split.labels, cfg["folds"], cfg["seed"])
         self.trials: Trials | None = None  # once the parent run is known

@@ -32,17 +32,25 @@ def suggest(trial: optuna.Trial, space: dict, cfg: dict) -> TrainConfig:
     return sweep_config(cfg, design.suggest(trial, space))
 
 
-def cross_validate(trial: optuna.Trial, fold_accuracies: Iterable[float], accuracies: list[float]) -> float:
+def cross_validate(trial: optuna.Trial, fold_accuracies: Iterable[float], accuracies: list[float],
+                   pruned: bool = True) -> float:
     """Each fold's accuracy, appended to ``accuracies`` and reported to the pruner, which may end the
-    trial (``optuna.TrialPruned``) after any fold; the score is their mean."""
+    trial (``optuna.TrialPruned``) after any fold; the score is their mean. ``pruned=False`` (a
+    multi-objective study, which Optuna cannot prune): the folds are only collected (the
+    ``fold_accuracies`` user attribute holds them, for the Pareto front's error bars)."""
     with contextlib.closing(fold_accuracies):
         for k, accuracy in enumerate(fold_accuracies):
             accuracies.append(accuracy)
+            if not pruned:
+                faults.point("trial.fold")
+                continue
             trial.report(accuracy, k)
             prune = trial.should_prune()
             faults.point("trial.fold")
             if prune:
                 raise optuna.TrialPruned(f"pruned after fold {k + 1}")
+    if not pruned:
+        trial.set_user_attr("fold_accuracies", accuracies)
     return float(np.mean(accuracies))
 
 
@@ -72,6 +80,7 @@ class Trials:
         self.runner, self.folds = runner, folds
         self.parent_id, self.experiment_id, self.params = parent_id, experiment_id, params
         self.client = MlflowClient()
+        self.multi = design.is_multi(cfg["objectives"])
 
     def start(self, trial: optuna.Trial) -> Running:
         """Hand a claimed trial's folds to the fold runner, then make its MLflow child run while they train."""
@@ -106,12 +115,14 @@ class Trials:
         try:
             with running.heartbeat:
                 try:
-                    value = cross_validate(trial, running.fold_results, accuracies)
+                    value = cross_validate(trial, running.fold_results, accuracies, pruned=not self.multi)
                 except optuna.TrialPruned:
                     state = TrialState.PRUNED
                 except Diverged as e:
                     state, reason = TrialState.FAIL, str(e)
                     trial.set_user_attr("fail_reason", reason)
+                if self.multi and value is not None:  # the second objective: the net's parameter count
+                    value = [value, model.size(trial.params["hidden1"], trial.params["hidden2"])["param_count"]]
                 taken = self.study.tell(trial, value, state=state, skip_if_finished=True).state != state
         except UpdateFinishedTrialError:
             taken = True
@@ -182,7 +193,8 @@ class Trials:
             if trial is None:
                 continue
             if trial.user_attrs.get("mlflow_run_id") == run.info.run_id and trial.state != TrialState.FAIL:
-                accuracies = [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
+                accuracies = trial.user_attrs.get("fold_accuracies") or \
+                    [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
                 self.end_run(run.info.run_id, accuracies, trial.state)
             else:  # failed, or a run its process made but never linked to the trial before it died
                 reason = trial.user_attrs.get("fail_reason", "its process could not end it")
