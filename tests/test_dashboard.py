@@ -64,3 +64,38 @@ def test_optuna_dashboard_on_the_default_journal_shows_the_study_its_trials_and_
         assert attrs["mlflow_run_url"] == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run.info.run_id}"
         if trial["state"] == "Complete":
             assert trial["values"] == [pytest.approx(run.data.metrics["val_accuracy"])]
+
+
+@pytest.mark.slow
+def test_optuna_dashboard_shows_a_multi_objective_studys_pareto_front_and_its_metric_names(
+        mlflow_env, tracking_uri, tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from services import background_service, free_port
+
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    require(dashboard.is_file() or shutil.which("optuna-dashboard") is not None,
+            "optuna-dashboard is not installed (pip install -e '.[test]')")
+    name = f"study-{uuid.uuid4().hex[:8]}"
+    proc = run_module("legoexp.sweep", "--trials", "5", "--folds", "2", "--seeds", "2", "--epochs", "2",
+                      "--objectives", "accuracy,params", "--study-name", name, "--experiment-name", name,
+                      "--quiet", env=mlflow_env)
+    assert proc.returncode == 0, proc.stderr
+    journal = Path(tracking_uri[len("sqlite:///"):]).parent / "optuna.journal"
+    front = sorted(t.number for t in optuna.load_study(
+        study_name=name, storage=JournalStorage(JournalFileBackend(str(journal)))).best_trials)
+
+    port = free_port()
+    command = [str(dashboard) if dashboard.is_file() else "optuna-dashboard", "optuna.journal",
+               "--host", "127.0.0.1", "--port", str(port)]
+    with background_service("optuna-dashboard", command, f"http://127.0.0.1:{port}", "/api/studies",
+                            tmp_path / "dashboard.log", cwd=journal.parent, env=os.environ.copy()) as service:
+        [summary] = [s for s in _json(f"{service.url}/api/studies")["study_summaries"] if s["study_name"] == name]
+        assert summary["directions"] == ["maximize", "minimize"]
+        study = _json(f"{service.url}/api/studies/{summary['study_id']}?after=0")
+    assert study["objective_names"] == ["val_accuracy", "param_count"]  # from study.set_metric_names
+    # the front the dashboard draws: the study's best trials, given by their ids
+    ids = {t["trial_id"]: t["number"] for t in study["trials"]}
+    assert sorted(ids[t["trial_id"]] for t in study["best_trials"]) == front
+    assert all(len(t["values"]) == 2 for t in study["trials"] if t["state"] == "Complete")
