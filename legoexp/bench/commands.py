@@ -25,6 +25,8 @@ PART_NAMES = {
     "search_training": "search: waiting for folds to train",
     "search_bookkeeping": "search: trial runs, asks and tells, pruning",
     "figures": "figures: the study's plots and importances, logged",
+    "selection_training": "selection: re-scoring the candidates on fresh folds",
+    "selection_bookkeeping": "selection: latency, the rescoring run",
     "comparison_training": "comparison: fits and test scores (5 seeds x 2)",
     "comparison_bookkeeping": "comparison: the rest",
     "models": "models: comparison run, model logging, registration",

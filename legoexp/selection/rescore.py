@@ -62,8 +62,8 @@ class Pending:
         choice = rules.pick(self.cfg["select"], self.found, scores, self.cfg["folds"], self.cfg["tolerance"])
         if self.logged is None:
             measured = {c.number: latency.measure(c.params["hidden1"], c.params["hidden2"]) for c in self.found}
-            timings.lap("selection")
             self._log(choice, measured)
+            timings.lap("selection")
         return replace(choice, latency=measured)
 
     def _runs(self, where: str) -> list:
