@@ -18,6 +18,8 @@ Nothing here trains, logs or reads the test split.
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from legoexp.comparison.stats import corrected_mean_ci
 from legoexp.errors import UserError
 from legoexp.model import size
@@ -57,22 +59,19 @@ def candidates(complete: list, rule: str, top_k: int, front: list | None = None)
     if rule in RULES_NEEDING_CANDIDATES and len(complete) < 2:
         raise UserError(f"select={rule!r} compares candidates, but the study has {len(complete)} complete trial(s); "
                         "give it more --trials (or --select best), then rerun the same command")
-    ranked = sorted(complete, key=lambda t: (-t.values[0], size(t.params["hidden1"], t.params["hidden2"])
-                                             ["param_count"], t.number))
-    if rule == "best":
-        pool = ranked[:1]
-    elif front is not None:
-        pool = sorted(front, key=lambda t: t.number)
-    else:
-        pool = ranked
-    chosen: dict = {}
-    for trial in pool:
-        point = tuple(sorted(trial.params.items()))
-        if point not in chosen:
-            chosen[point] = Candidate.of(trial)
-    found = sorted(chosen.values(), key=lambda c: c.key)
-    return found if rule == "best" or front is not None else sorted(
-        sorted(found, key=lambda c: (-c.search_cv, c.number))[:top_k], key=lambda c: c.key)
+    ranked = sorted(complete, key=lambda t: (-t.values[0], _param_count(t), t.number))
+    pool = ranked[:1] if rule == "best" else sorted(front, key=lambda t: t.number) if front is not None else ranked
+    unique: dict = {}
+    for trial in pool:  # in the pool's order: the first trial of a point stands for it
+        unique.setdefault(tuple(sorted(trial.params.items())), trial)
+    found = [Candidate.of(t) for t in unique.values()]
+    if rule != "best" and front is None:
+        found = found[:top_k]
+    return sorted(found, key=lambda c: c.key)
+
+
+def _param_count(trial) -> int:
+    return size(trial.params["hidden1"], trial.params["hidden2"])["param_count"]
 
 
 @dataclass(frozen=True)
@@ -132,15 +131,13 @@ class Choice:
 
 def pick(rule: str, found: list[Candidate], scores: dict[int, list[float]], folds: int,
          tolerance: float) -> Choice:
-    """Apply ``rule`` to the re-scored candidates ``found`` (smallest first)."""
-    def rescored_mean(c: Candidate) -> float:
-        return corrected_mean_ci(scores[c.number], folds)[0]
-
-    most = max(found, key=lambda c: (rescored_mean(c), [-k for k in c.key]))
-    choice = Choice(rule, tolerance, found, scores, folds, most, most)
+    """Apply ``rule`` to the re-scored candidates ``found`` (smallest first; ``best``'s one)."""
     if rule == "best":
         return Choice(rule, tolerance, found, scores, folds, found[0], found[0])
+    # the highest mean re-scored CV; of equals, the smaller
+    most = max(found, key=lambda c: (float(np.mean(scores[c.number])), [-k for k in c.key]))
+    chosen = most
     if rule == "simplest-within":
-        within = next(c for c in found if c == most or choice.difference(c)[1] > -tolerance)
-        return Choice(rule, tolerance, found, scores, folds, within, most)
-    return choice
+        ranked = Choice(rule, tolerance, found, scores, folds, most, most)
+        chosen = next(c for c in found if c == most or ranked.difference(c)[1] > -tolerance)
+    return Choice(rule, tolerance, found, scores, folds, chosen, most)
