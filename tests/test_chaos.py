@@ -3,7 +3,7 @@
 Each round reruns the same command with one fault point set to SIGKILL its process group (the
 sweep, its ``--jobs`` workers and fold processes: a pod or host going away) at the N-th time a
 process passes it: in the search (claims, fold reports, tells, fold training), after it, while
-figures are logged, after the comparison, between logging models, between registering and aliasing;
+figures are logged, while the re-scoring is logged, after the comparison, between logging models, between registering and aliasing;
 then ``promote --force`` between its registry steps. After the last clean rerun the study and the
 registry must be whole: nothing lost, nothing twice, nothing RUNNING.
 
@@ -25,7 +25,7 @@ from test_sweep import _runs, _store_dir, _study
 
 TRIALS, FOLDS = 8, 2
 SEARCH = ["trial.claimed", "trial.fold", "trial.told", "fold.train"]
-REPORT = ["search.done", "report.figures", "report.compared", "report.model_logged", "report.registered"]
+REPORT = ["search.done", "report.figures", "rescore.logging", "report.compared", "report.model_logged", "report.registered"]
 PASSES = {"report.model_logged": 2, "report.registered": 2}  # times one run passes a report point
 
 
@@ -98,6 +98,8 @@ def _one_study(rng, mlflow_env, tracking_uri) -> list[str]:
     assert parents[0].data.tags["compared_trial"] == str(best)
     comparisons = [r for r in runs if r.data.tags["legoexp.kind"] == "comparison" and r.info.status == "FINISHED"]
     assert [r.data.params["best_trial"] for r in comparisons] == [str(best)]
+    rescorings = [r for r in runs if r.data.tags["legoexp.kind"] == "rescoring" and r.info.status == "FINISHED"]
+    assert [r.data.params["candidates"] for r in rescorings] == [str(best)]  # re-scored and logged once
     versions = client.search_model_versions(f"name = '{model}'")
     assert sorted(v.tags["role"] for v in versions) == ["baseline", "best"]  # the best model registered once
     assert {v.tags["comparison_run_id"] for v in versions} == {comparisons[0].info.run_id}

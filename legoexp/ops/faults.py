@@ -28,6 +28,7 @@ POINTS = {
     "fold.train": "a fold-training process is about to train a fold",
     "search.done": "the study has its trials; nothing after the search has run",
     "report.figures": "the study's figures are being logged on the parent run",
+    "rescore.logging": "the candidates are re-scored and the study's rescoring run made, not yet filled",
     "report.compared": "the comparison's models are trained, its MLflow run not yet created",
     "report.model_logged": "one model of the comparison is logged",
     "report.registered": "a model version is registered, its alias not yet set",

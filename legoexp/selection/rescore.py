@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from legoexp import tracking
 from legoexp.config import sweep_config
-from legoexp.ops import timings
+from legoexp.ops import faults, timings
 from legoexp.selection import latency, rules
 from legoexp.study import design
 from legoexp.study.folds import fold_indices
@@ -94,6 +94,7 @@ class Pending:
             "mlflow.parentRunId": self.parent_id, "legoexp.kind": "rescoring", "legoexp.study": self.study.study_name,
             "latency_machine": where}).info.run_id
         try:
+            faults.point("rescore.logging")
             tracking.log_params(run_id, self.params)
             tracking.log_history(run_id, {f"cv_trial{c.number}": choice.scores[c.number] for c in self.found},
                                  steps=list(range(len(choice.scores[self.found[0].number]))))
