@@ -220,6 +220,30 @@ def test_seed_comparison_joins_each_seed_and_titles_the_difference_and_p_value()
     assert "+0.0150" in ax.get_title() and "p=0.104" in ax.get_title()
 
 
+def test_seed_comparison_draws_the_picks_search_and_rescored_cv_and_titles_its_optimism():
+    from legoexp.selection.optimism import Optimism
+
+    picked = Optimism(7, 0.91, (0.88, 0.86, 0.90), stats.mean_ci(SEEDS_B), (0.03, 0.01, 0.05), "simplest-within")
+    ax = plots.seed_comparison(SEEDS_A, SEEDS_B, "baseline", picked.label, optimism=picked,
+                               result=stats.paired_comparison(SEEDS_A, SEEDS_B)).axes[0]
+    [star] = [l for l in ax.get_lines() if l.get_label() == "chosen (trial 7): search CV"]
+    assert tuple(star.get_ydata()) == (0.91,)
+    assert "chosen (trial 7): re-scored CV, 95% CI" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "optimism (search CV \N{MINUS SIGN} test) +0.0300 (95% CI +0.0100..+0.0500)" in ax.get_title()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["baseline", "chosen (trial 7)"]
+
+
+def test_pareto_front_draws_every_trial_with_its_fold_spread_and_the_front_as_a_step():
+    points = [{"number": 0, "params": 300_000, "accuracy": 0.95, "std": 0.01},
+              {"number": 1, "params": 100_000, "accuracy": 0.93, "std": 0.02},
+              {"number": 2, "params": 200_000, "accuracy": 0.90, "std": 0.03}]
+    ax = plots.pareto_front(points, {0, 1}, multi=True).axes[0]
+    [step] = [l for l in ax.get_lines() if l.get_drawstyle() == "steps-post"]
+    assert list(step.get_xdata()) == [100_000, 300_000] and list(step.get_ydata()) == [0.93, 0.95]
+    assert ax.get_xscale() == "log" and "3 complete trials, 2 on the front" in ax.get_title()
+    assert sorted(t.get_text() for t in ax.texts) == ["0", "1"]  # the front's trial numbers
+
+
 def test_seed_comparison_rejects_unpaired_scores():
     with pytest.raises(ValueError):
         plots.seed_comparison([0.8, 0.9], [0.8])

@@ -116,7 +116,8 @@ def log_comparison(client, experiment_id: str, run_name: str, tags: dict, arms, 
         tracking.log_history(run_id, {f"{arm.name}_test_accuracy": arm.accuracies for arm in arms}, steps=seeds)
         with mlflow.start_run(run_id=run_id):
             tracking.log_figures({"seed_comparison": plots.seed_comparison(
-                a.accuracies, b.accuracies, a.name, b.name, result=result, optimism=optimism)})
+                a.accuracies, b.accuracies, a.name, optimism.label if optimism else b.name, result=result,
+                optimism=optimism)})
             for arm in arms if input_example is not None else ():
                 info = tracking.log_model(arm.nets[arm.median_index], input_example=input_example,
                                           name=f"{arm.name}-model")

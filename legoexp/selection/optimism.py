@@ -21,6 +21,12 @@ class Optimism:
     rescored_cv: tuple[float, float, float]  # mean, 95% CI
     test: tuple[float, float, float]  # mean test accuracy over the seeds, 95% CI
     optimism: tuple[float, float, float]  # search CV - test: mean, 95% CI
+    rule: str = "best"
+
+    @property
+    def label(self) -> str:
+        """The pick as charts and tables name it."""
+        return f"{'best' if self.rule == 'best' else 'chosen'} (trial {self.trial})"
 
     def metrics(self) -> dict[str, float]:
         names = {"rescored_cv": self.rescored_cv, "optimism": self.optimism}
@@ -41,4 +47,4 @@ def of(choice, test_accuracies) -> Optimism:
     """The optimism of ``choice.chosen`` (a ``rules.Choice``) given its per-seed test accuracies."""
     c = choice.chosen
     return Optimism(c.number, c.search_cv, choice.rescored(c), mean_ci(test_accuracies),
-                    mean_ci([c.search_cv - a for a in test_accuracies]))
+                    mean_ci([c.search_cv - a for a in test_accuracies]), choice.rule)
