@@ -46,6 +46,8 @@ def test_the_benchmark_reports_every_row_and_writes_json(mlflow_env, tmp_path):
 
     assert rows["peer_sweep_wall_s"] > 0
     assert rows["sweep_vs_peer"] == pytest.approx(rows["peer_sweep_wall_s"] / rows["sweep_wall_s"])
+    assert rows["skilled_peer_sweep_wall_s"] > 0
+    assert rows["sweep_vs_skilled_peer"] == pytest.approx(rows["skilled_peer_sweep_wall_s"] / rows["sweep_wall_s"])
     assert rows["machine"]["cores"] >= 1 and set(rows["machine"]["versions"]) == {"mxnet", "numpy", "mlflow", "optuna"}
 
 
