@@ -1,5 +1,6 @@
 """`python -m legoexp.bench`: the benchmark command runs end to end and reports every row (its
-figures are for the closing notes, not asserted here: shared machines make timings noisy)."""
+figures are for the closing notes, not asserted here: shared machines make timings noisy); the
+practised user's study (`legoexp.bench.skilled`) runs the study it claims to."""
 
 import json
 
@@ -45,6 +46,8 @@ def test_the_benchmark_reports_every_row_and_writes_json(mlflow_env, tmp_path):
 
     assert rows["peer_sweep_wall_s"] > 0
     assert rows["sweep_vs_peer"] == pytest.approx(rows["peer_sweep_wall_s"] / rows["sweep_wall_s"])
+    assert rows["skilled_peer_sweep_wall_s"] > 0
+    assert rows["sweep_vs_skilled_peer"] == pytest.approx(rows["skilled_peer_sweep_wall_s"] / rows["sweep_wall_s"])
     assert rows["machine"]["cores"] >= 1 and set(rows["machine"]["versions"]) == {"mxnet", "numpy", "mlflow", "optuna"}
 
 
@@ -52,3 +55,54 @@ def test_an_unknown_option_is_refused_before_any_work(mlflow_env):
     proc = run_module("legoexp.bench", "--folds", "2", env=mlflow_env, timeout=120)
     assert proc.returncode == 2
     assert "unrecognized arguments: --folds 2 (options for the sweep go after --)" in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_skilled_peer_runs_the_whole_study_in_two_processes_with_nested_runs(mlflow_env, tmp_path):
+    import optuna
+    from mlflow import MlflowClient
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    from legoexp import config
+
+    store, journal = f"sqlite:///{tmp_path}/peer.db", tmp_path / "peer.journal"
+    proc = run_module("legoexp.bench.skilled", "--data", "synthetic", "--trials", "5", "--folds", "3", "--epochs", "1",
+                      "--journal", journal, env={**mlflow_env, "MLFLOW_TRACKING_URI": store}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "best val_accuracy" in proc.stdout
+
+    # the study: exactly the trials asked for, all finished, the lab's baseline first, two processes
+    study = optuna.load_study(study_name="skilled-peer", storage=JournalStorage(JournalFileBackend(str(journal))))
+    trials = study.trials
+    assert [t.number for t in trials] == list(range(5))
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    baseline = {k: config.defaults("baseline")[k] for k in config.SEARCHED}
+    assert trials[0].params == baseline and trials[0].user_attrs["baseline"]
+    assert len({t.user_attrs["pid"] for t in trials}) == 2
+    for t in trials:
+        assert sorted(t.intermediate_values) == list(range(len(t.intermediate_values)))  # a report per fold
+        assert len(t.intermediate_values) == 3 or t.state == TrialState.PRUNED
+
+    # MLflow: one parent run, a finished child run per trial with its params and its folds' accuracies
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("skilled-peer").experiment_id])
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {int(r.data.tags["trial_number"]): r for r in runs if r is not parent}
+    assert sorted(children) == list(range(5))
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(study.best_value)
+    for t in trials:
+        run = children[t.number]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
+        assert run.data.params == {k: str(v) for k, v in t.params.items()}
+        folds = {k: v for k, v in run.data.metrics.items() if k.startswith("val_accuracy_fold")}
+        assert folds == {f"val_accuracy_fold{k}": v for k, v in t.intermediate_values.items()}
+        if t.state == TrialState.COMPLETE:
+            assert run.data.metrics["val_accuracy"] == pytest.approx(t.value)
+
+
+def test_the_skilled_peer_splits_the_trials_so_that_the_study_ends_at_the_count():
+    from legoexp.bench.skilled import shares
+
+    assert shares(30, 2) == [15, 15] and shares(5, 2) == [3, 2] and shares(1, 2) == [1, 0]

@@ -1,5 +1,5 @@
-"""``python -m legoexp.bench``: legoexp's speed against the lab's loop, a NumPy peer, the hardware and the
-straightforward sweep.
+"""``python -m legoexp.bench``: legoexp's speed against the lab's loop, a NumPy peer, the hardware, the
+straightforward sweep and a practised user's.
 
 In one run, on the lab's files when given (else the generated set), it measures: the one training
 function (10 epochs, batch 34), the lab's own loop and the same net in NumPy at one and at two BLAS
@@ -10,7 +10,9 @@ split into its parts (``legoexp.ops.timings``, as logged on its parent run) and 
 anything but training and scoring models (``overhead_share``); then the same sweep again,
 instrumented, for the share of its wall time spent in MLflow, Optuna and figures
 (``tracking_share``: their imports, calls, plots, importances, model export); with
-``--peer-sweep``, the straightforward sweep from process start and ``sweep_vs_peer``; with
+``--peer-sweep``, the straightforward sweep (``legoexp.bench.peers``) and the practised user's
+(``legoexp.bench.skilled``: hybridized Gluon, TPE with Wilcoxon pruning, 2 processes on a journal,
+nested runs), each from process start, and ``sweep_vs_peer``, ``sweep_vs_skilled_peer``; with
 ``--serve``, latency and throughput of ``mlflow models serve``. Timings are repeated (min and
 median); compare ratios measured in one run, not figures across machines.
 """
@@ -24,7 +26,7 @@ import tempfile
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from legoexp.bench.commands import PART_NAMES, peer_sweep, serve, sweep_probe, times, whole_runs
+from legoexp.bench.commands import PART_NAMES, peer_sweep, serve, skilled_peer_sweep, sweep_probe, times, whole_runs
 from legoexp.ops.command import run_main
 
 FLOP_PER_SAMPLE = 1.23e6  # forward 2*(2304*128 + 128*64 + 64*10), weight grads, 2 small input grads
@@ -81,7 +83,8 @@ def main(argv=None) -> int:
     p.add_argument("--fits-only", action="store_true", help="skip the whole baseline and sweep runs")
     p.add_argument("--serve", action="store_true", help="also time `mlflow models serve` of the sweep's model")
     p.add_argument("--peer-sweep", action="store_true", help="also time the straightforward sweep "
-                   "(`python -m legoexp.bench.peers`: about 3 minutes on the lab's files) and give sweep_vs_peer")
+                   "(`python -m legoexp.bench.peers`: about 3 minutes on the lab's files) and the practised user's "
+                   "(`python -m legoexp.bench.skilled`: about 1 minute), and give sweep_vs_peer and sweep_vs_skilled_peer")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--sweep-probe", action="store_true", help=argparse.SUPPRESS)
     args, rest = p.parse_known_args(argv)
@@ -127,6 +130,8 @@ def main(argv=None) -> int:
         if args.peer_sweep:
             singles["peer_sweep_wall_s"] = peer_sweep(args.data, args.trials, rest)
             singles["sweep_vs_peer"] = singles["peer_sweep_wall_s"] / singles["sweep_wall_s"]
+            singles["skilled_peer_sweep_wall_s"] = skilled_peer_sweep(args.data, args.trials, rest)
+            singles["sweep_vs_skilled_peer"] = singles["skilled_peer_sweep_wall_s"] / singles["sweep_wall_s"]
 
     machine = _machine(load_before)
     print(f"machine: {machine['cores']} cores, load average {machine['load_before']:.1f} at the start and "

@@ -2,7 +2,8 @@
 
 Baseline runs through ``mlflow run``, the sweep (its wall time and the parts its parent run logs),
 the same sweep again instrumented for the time inside MLflow, Optuna and figures
-(``sweep_probe``), the straightforward peer sweep (``legoexp.bench.peers``), and a served model's
+(``sweep_probe``), the straightforward peer sweep (``legoexp.bench.peers``), the practised user's
+(``legoexp.bench.skilled``), and a served model's
 latency and throughput. Each runs in a process of its own on a tracking store of its own.
 """
 
@@ -128,6 +129,16 @@ def _import_seconds(importtime_log: str, packages) -> float:
 def peer_sweep(data: str, trials: int, sweep_options: list[str]) -> float:
     """Wall time of `python -m legoexp.bench.peers` from process start, with the sweep's folds, epochs and
     seed, into a new tracking store of its own."""
+    return _peer_wall("legoexp.bench.peers", data, trials, sweep_options)
+
+
+def skilled_peer_sweep(data: str, trials: int, sweep_options: list[str]) -> float:
+    """Wall time of `python -m legoexp.bench.skilled` (the practised user's study) from process start, as
+    ``peer_sweep``: the sweep's folds, epochs and seed, a new tracking store and journal of its own."""
+    return _peer_wall("legoexp.bench.skilled", data, trials, sweep_options)
+
+
+def _peer_wall(module: str, data: str, trials: int, sweep_options: list[str]) -> float:
     from legoexp import config
 
     options = argparse.ArgumentParser()
@@ -135,7 +146,7 @@ def peer_sweep(data: str, trials: int, sweep_options: list[str]) -> float:
     ns, _ = options.parse_known_args(["--data", data, "--trials", str(trials), *sweep_options])
     cfg = config.resolve("sweep", config.settings("sweep"), ns.config, config.options(ns, "sweep"))
     with tempfile.TemporaryDirectory() as store:
-        return _command_wall([sys.executable, "-m", "legoexp.bench.peers", "--data", data, "--trials", str(trials),
+        return _command_wall([sys.executable, "-m", module, "--data", data, "--trials", str(trials),
                               "--folds", str(cfg["folds"]), "--epochs", str(cfg["epochs"]), "--seed", str(cfg["seed"])],
                              _store_env(store), store)[0]
 
