@@ -96,12 +96,14 @@ def compare_and_register(f: Finished, choice, test_split, quiet: bool = False) -
 
 
 def _choice_tags(choice) -> dict:
-    """What the pick was made from: the rule, the candidates, the chosen model's size and the most accurate's."""
+    """What the pick was made from: the rule, the candidates, the chosen model's size and the most accurate's
+    (as text: a tracking server takes nothing else)."""
     c, m = choice.chosen, choice.most_accurate
-    return {"select": choice.rule, "candidates": ",".join(str(x.number) for x in choice.candidates),
+    tags = {"select": choice.rule, "candidates": ",".join(str(x.number) for x in choice.candidates),
             "chosen_param_count": c.param_count, "chosen_macs_per_image": c.macs_per_image,
             "most_accurate_trial": m.number, "most_accurate_param_count": m.param_count} | \
         ({"tolerance": choice.tolerance} if choice.rule == "simplest-within" else {})
+    return {k: str(v) for k, v in tags.items()}
 
 
 def _study_comparisons(f: Finished, where: str) -> list:
