@@ -1,24 +1,30 @@
 """The one training function: every entry point (baseline, sweep trials, comparisons) calls ``train``.
 
 It does what the lab's loop does, faster and reproducibly: images are normalised once
-((x/255 - 0.13)/0.31) instead of per batch; each epoch's shuffle comes from a NumPy generator
-seeded with the run's seed (the lab's DataLoader used the unseeded global one); the network,
-softmax cross-entropy and the batch statistics run as one hybridized graph with static memory,
-called straight through its compiled CachedOp, on input buffers that NumPy fills in place; SGD
-updates each parameter in place through a NumPy view of its memory with ``sgd_update``'s
-float32 arithmetic at the lab's ``step(batch_size)`` scaling (the same numbers as Gluon's
-Trainer, bit for bit, in a third of the time MXNet's operator takes); the loss and accuracy are
-read back once per epoch, not per batch. The same config and data give the same numbers in any
-process. A non-finite loss stops training at that epoch with ``Diverged``.
+((x/255 - 0.13)/0.31, read from a table of the 256 grey levels) instead of per batch; each epoch's
+shuffle comes from a NumPy generator seeded with the run's seed (the lab's DataLoader used the
+unseeded global one); the network, softmax cross-entropy and the batch statistics are one graph
+whose forward and backward run as one bound MXNet executor per batch size (two C calls a step,
+no autograd tape to rebuild at every step: the same operators and kernels as Gluon's hybridized
+block, a quarter fewer seconds a step), on input buffers that NumPy fills in place; SGD updates
+each parameter in place through a NumPy view of its memory with ``sgd_update``'s float32
+arithmetic at the lab's ``step(batch_size)`` scaling (the same numbers as Gluon's Trainer, bit
+for bit, in a third of the time MXNet's operator takes); each batch's loss sum and correct count
+are read back with the step and summed per epoch in ``add_n``'s order. The same config and data
+give the same numbers in any process, and the same numbers as the hybridized Gluon step this
+replaced (``tests/test_train.py`` keeps it as the reference). A non-finite loss stops training at
+that epoch with ``Diverged``.
 """
 
 import ctypes
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import mxnet as mx
 import numpy as np
-from mxnet import autograd, gluon, nd
+from mxnet import gluon, nd
 from mxnet.base import _LIB, check_call
 
 from legoexp.config import TrainConfig
@@ -76,32 +82,53 @@ class _TrainStep(gluon.HybridBlock):
         return loss, F.BlockGrad(F.concat(F.sum(loss), correct, dim=0))
 
 
-class _Batches:
-    """The step graph for one batch size, with its input buffers, which NumPy fills in place.
+class _Steps:
+    """A net's training steps: its ``_TrainStep`` graph as a symbol, and a bound executor per batch
+    size (static memory and shapes; the last batch of an epoch may be smaller), made on first use.
 
-    Each batch size gets a graph of its own (static memory and shapes; the last batch of an epoch
-    may be smaller). After Gluon's first call has compiled it, it is called straight through its
-    CachedOp with the arguments Gluon would pass (inputs, then the parameters' arrays), which
-    are the same at every step here, without Gluon's per-call flattening and checks.
+    Each executor reads the net's weights and writes its gradients in place (``grad_req`` write,
+    the inputs' gradients not computed), and runs forward and backward, with the loss's head
+    gradient of ones that ``backward()`` gives, through two C calls on handles made once. MXNet's
+    default MKLDNN graph partitioning only rewrites inference graphs (these need gradients), so
+    binding leaves the graph as it is; its one log line per bind is switched off
+    (``MXNET_SUBGRAPH_VERBOSE``, unless set).
     """
 
-    def __init__(self, net, size: int):
+    def __init__(self, net):
+        loss, stats = _TrainStep(net)(mx.sym.var("x"), mx.sym.var("y"))
+        self.symbol = mx.sym.Group([loss, stats])
+        self.params = {p.name: p for p in net.collect_params().values()}
+        self.by_size: dict[int, _Step] = {}
+
+    def __getitem__(self, size: int) -> "_Step":
+        if size not in self.by_size:
+            self.by_size[size] = _Step(self.symbol, self.params, size)
+        return self.by_size[size]
+
+
+class _Step:
+    """One batch size's bound executor, its input buffers (which NumPy fills in place) and a NumPy
+    view of its (loss sum, correct count) output."""
+
+    def __init__(self, symbol, params: dict, size: int):
         self.x, self.y = nd.zeros((size, INPUT_SIZE)), nd.zeros((size,))
+        inputs = {"x": self.x, "y": self.y}
+        names = symbol.list_arguments()
+        os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # read once, at a process's first bind
+        self.executor = symbol.bind(mx.cpu(), args=[inputs[n] if n in inputs else params[n].data() for n in names],
+                                    args_grad=[None if n in inputs else params[n].grad() for n in names],
+                                    grad_req=["null" if n in inputs else "write" for n in names])
+        self.heads = [nd.ones((size,)), nd.zeros((2,))]  # the loss's head gradient, and the statistics'
+        self.head_handles = (ctypes.c_void_p * 2)(*(h.handle.value for h in self.heads))
         self.x_numpy, self.y_numpy = _writable(self.x), _writable(self.y)
-        self.block = _TrainStep(net)
-        self.block.hybridize(static_alloc=True, static_shape=True)
-        self.op = None
+        self.stats = _writable(self.executor.outputs[1])
 
-    def __call__(self):
-        if self.op is None:
-            outputs = self.block(self.x, self.y)
-            self.op = self.block._cached_op
-            self.args = [(self.x, self.y)[i] if is_input else i.data() for is_input, i in self.block._cached_op_args]
-            return outputs
-        return self.op(*self.args)
+    def __call__(self) -> None:
+        """Push forward and backward to MXNet's engine (their results are ready after ``nd.waitall()``)."""
+        check_call(_LIB.MXExecutorForward(self.executor.handle, 1))
+        check_call(_LIB.MXExecutorBackwardEx(self.executor.handle, 2, self.head_handles, 1))
 
 
-@np.errstate(over="ignore", invalid="ignore")  # a diverging fit overflows here; the epoch's loss says so
 def _sgd(weights, grads, scratch, rate: np.float32) -> None:
     """``sgd_update``'s arithmetic, in place: w - (lr * rescale_grad) * g in float32, bit for bit."""
     for w, g, tmp in zip(weights, grads, scratch):
@@ -109,7 +136,31 @@ def _sgd(weights, grads, scratch, rate: np.float32) -> None:
         np.subtract(w, tmp, out=w)
 
 
-_kept: dict[tuple[int, int], tuple] = {}  # (hidden1, hidden2) -> net, its step graphs, initial weights by seed
+def _add_n(rows: list[np.ndarray]) -> np.ndarray:
+    """``nd.add_n(*rows)`` for float32 rows of two, in its order of additions, so bit for bit: two to
+    four rows are added from the right (a + (b + (c + d))), five or more from the left."""
+    if 3 <= len(rows) <= 4:
+        total = rows[-1]
+        for row in reversed(rows[:-1]):
+            total = row + total
+        return total
+    total = rows[0].copy()
+    for row in rows[1:]:
+        total += row
+    return total
+
+
+_LEVELS = normalised(np.arange(256, dtype=np.uint8)[:, None]).ravel()  # each grey level, normalised
+
+
+def _inputs(images: np.ndarray) -> np.ndarray:
+    """``normalised(images)``, element for element; uint8 images are looked up in ``_LEVELS`` (2x faster)."""
+    if images.dtype == np.uint8:
+        return _LEVELS[images.reshape(len(images), -1)]
+    return normalised(images)
+
+
+_kept: dict[tuple[int, int], tuple] = {}  # (hidden1, hidden2) -> net, its steps, initial weights by seed
 _KEEP = 4  # architectures kept (a sweep's fold process alternates between two trials at most)
 
 
@@ -120,35 +171,36 @@ def param_values(net) -> list[np.ndarray]:
 
 def _kept_net(config: TrainConfig):
     """A net of ``config``'s architecture set to the weights ``build_net`` gives ``config.seed``,
-    and the step graphs made for it before: building the net and compiling its graphs is a tenth of
-    a fold's time (docs/performance.md), and a trial's folds share both."""
+    and the steps made for it before: building the net and binding its steps is part of every
+    fold's time (docs/performance.md), and a trial's folds share both."""
     key = (config.hidden1, config.hidden2)
     if key not in _kept:
         if len(_kept) >= _KEEP:
             del _kept[next(iter(_kept))]
         net = build_net(*key, seed=config.seed)
-        _kept[key] = (net, {}, {config.seed: param_values(net)})
-    net, graphs, initial = _kept[key]
+        _kept[key] = (net, _Steps(net), {config.seed: param_values(net)})
+    net, steps, initial = _kept[key]
     if config.seed not in initial:
         initial[config.seed] = param_values(build_net(*key, seed=config.seed))
     for param, value in zip(net.collect_params().values(), initial[config.seed]):
         np.copyto(_writable(param.data()), value)
-    return net, graphs
+    return net, steps
 
 
 def train(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
           on_epoch: EpochCallback | None = None, reuse: bool = False) -> TrainResult:
     """Fit the lab's MLP on (images, labels) with ``config``; ``on_epoch(epoch, metrics)`` after each.
 
-    ``reuse``: the net (and its compiled graphs) may be one an earlier ``reuse`` fit of the same
+    ``reuse``: the net (and its bound steps) may be one an earlier ``reuse`` fit of the same
     architecture returned, set back to its initial weights: the same numbers, but the returned net
     is only good until the next such fit (cross-validation scores it at once, then drops it)."""
     n = len(labels)
-    x_all, y_all = normalised(images), labels.astype(np.float32)
+    x_all, y_all = _inputs(images), labels.astype(np.float32)
     if reuse:
-        net, graphs = _kept_net(config)
+        net, steps = _kept_net(config)
     else:
-        net, graphs = build_net(config.hidden1, config.hidden2, seed=config.seed), {}
+        net = build_net(config.hidden1, config.hidden2, seed=config.seed)
+        steps = _Steps(net)
     params = list(net.collect_params().values())
     weights, grads = [_writable(p.data()) for p in params], [_writable(p.grad()) for p in params]
     scratch = [np.empty_like(g) for g in grads]
@@ -160,18 +212,15 @@ def train(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
         stats = []
         for start in range(0, n, config.batch_size):
             batch = order[start:start + config.batch_size]
-            if len(batch) not in graphs:
-                graphs[len(batch)] = _Batches(net, len(batch))
-            graph = graphs[len(batch)]
-            np.take(x_all, batch, axis=0, out=graph.x_numpy)
-            np.take(y_all, batch, out=graph.y_numpy)
-            with autograd.record():
-                loss, batch_stats = graph()
-            loss.backward()
-            stats.append(batch_stats)
+            step = steps[len(batch)]
+            np.take(x_all, batch, axis=0, out=step.x_numpy, mode="clip")  # no bounds to check: a permutation
+            np.take(y_all, batch, out=step.y_numpy, mode="clip")
+            step()
             nd.waitall()  # the gradients are in; nothing reads the weights or the inputs any more
-            _sgd(weights, grads, scratch, lr * np.float32(1.0 / len(batch)))
-        loss_sum, correct = nd.add_n(*stats).asnumpy().tolist()
+            stats.append(step.stats.copy())
+            with np.errstate(over="ignore", invalid="ignore"):  # a diverging fit overflows here; the loss says so
+                _sgd(weights, grads, scratch, lr * np.float32(1.0 / len(batch)))
+        loss_sum, correct = _add_n(stats).tolist()
         metrics = {"train_loss": loss_sum / n, "train_accuracy": correct / n}
         if not math.isfinite(metrics["train_loss"]):
             raise Diverged(epoch, metrics["train_loss"])

@@ -196,3 +196,18 @@ def test_train_gives_the_weights_and_history_of_the_reference_step_bit_for_bit(s
         assert result.history == history
         for mine, theirs in zip(result.net.collect_params().values(), weights):
             assert np.array_equal(mine.data().asnumpy(), theirs), mine.name
+
+
+def test_an_epochs_statistics_are_summed_in_add_ns_order():
+    """``train`` reads each batch's (loss sum, correct count) back with the step and adds them up per
+    epoch in NumPy: for any number of batches, the float32 sum ``nd.add_n`` gave, bit for bit."""
+    from mxnet import nd
+
+    from legoexp.train import _add_n
+
+    rng = np.random.default_rng(0)
+    for n in range(1, 40):
+        for _ in range(50):
+            rows = [(rng.standard_normal(2) * 10.0 ** rng.uniform(-3, 3, 2)).astype(np.float32) for _ in range(n)]
+            expected = nd.add_n(*[nd.array(r) for r in rows]).asnumpy()
+            assert np.array_equal(_add_n(rows), expected), n
