@@ -83,8 +83,9 @@ class _TrainStep(gluon.HybridBlock):
 
 
 class _Steps:
-    """A net's training steps: its ``_TrainStep`` graph as a symbol, and a bound executor per batch
-    size (static memory and shapes; the last batch of an epoch may be smaller), made on first use.
+    """A net's training steps: its ``_TrainStep`` graph as a symbol, a bound executor per batch size
+    (static memory and shapes; the last batch of an epoch may be smaller), made on first use, and
+    NumPy views of the net's weights and gradients for the SGD update.
 
     Each executor reads the net's weights and writes its gradients in place (``grad_req`` write,
     the inputs' gradients not computed), and runs forward and backward, with the loss's head
@@ -95,9 +96,12 @@ class _Steps:
     """
 
     def __init__(self, net):
+        self.net = net
         loss, stats = _TrainStep(net)(mx.sym.var("x"), mx.sym.var("y"))
         self.symbol = mx.sym.Group([loss, stats])
-        self.params = {p.name: p for p in net.collect_params().values()}
+        params = list(net.collect_params().values())
+        self.params = {p.name: p for p in params}
+        self.weights, self.grads = [_writable(p.data()) for p in params], [_writable(p.grad()) for p in params]
         self.by_size: dict[int, _Step] = {}
 
     def __getitem__(self, size: int) -> "_Step":
@@ -129,11 +133,12 @@ class _Step:
         check_call(_LIB.MXExecutorBackwardEx(self.executor.handle, 2, self.head_handles, 1))
 
 
-def _sgd(weights, grads, scratch, rate: np.float32) -> None:
-    """``sgd_update``'s arithmetic, in place: w - (lr * rescale_grad) * g in float32, bit for bit."""
-    for w, g, tmp in zip(weights, grads, scratch):
-        np.multiply(g, rate, out=tmp)
-        np.subtract(w, tmp, out=w)
+def _sgd(weights, grads, rate: np.float32) -> None:
+    """``sgd_update``'s arithmetic, in place: w - (lr * rescale_grad) * g in float32, bit for bit
+    (the gradients are scaled in place: the next backward overwrites them)."""
+    for w, g in zip(weights, grads):
+        np.multiply(g, rate, out=g)
+        np.subtract(w, g, out=w)
 
 
 def _add_n(rows: list[np.ndarray]) -> np.ndarray:
@@ -160,7 +165,8 @@ def _inputs(images: np.ndarray) -> np.ndarray:
     return normalised(images)
 
 
-_kept: dict[tuple[int, int], tuple] = {}  # (hidden1, hidden2) -> net, its steps, initial weights by seed
+_kept: dict[tuple[int, int], tuple] = {}  # (hidden1, hidden2) -> a net's steps, initial weights by seed
+_working: dict[tuple[int, int], _Steps] = {}  # (hidden1, hidden2) -> the steps of a net that fresh fits train
 _KEEP = 4  # architectures kept (a sweep's fold process alternates between two trials at most)
 
 
@@ -169,21 +175,38 @@ def param_values(net) -> list[np.ndarray]:
     return [p.data().asnumpy() for p in net.collect_params().values()]
 
 
-def _kept_net(config: TrainConfig):
-    """A net of ``config``'s architecture set to the weights ``build_net`` gives ``config.seed``,
-    and the steps made for it before: building the net and binding its steps is part of every
-    fold's time (docs/performance.md), and a trial's folds share both."""
+def _kept_steps(config: TrainConfig) -> _Steps:
+    """The steps of a net of ``config``'s architecture, its weights set to those ``build_net`` gives
+    ``config.seed``: building a net and binding its steps is part of every fold's time
+    (docs/performance.md), and a trial's folds share both."""
     key = (config.hidden1, config.hidden2)
     if key not in _kept:
         if len(_kept) >= _KEEP:
             del _kept[next(iter(_kept))]
         net = build_net(*key, seed=config.seed)
-        _kept[key] = (net, _Steps(net), {config.seed: param_values(net)})
-    net, steps, initial = _kept[key]
+        _kept[key] = (_Steps(net), {config.seed: param_values(net)})
+    steps, initial = _kept[key]
     if config.seed not in initial:
         initial[config.seed] = param_values(build_net(*key, seed=config.seed))
-    for param, value in zip(net.collect_params().values(), initial[config.seed]):
-        np.copyto(_writable(param.data()), value)
+    for weights, value in zip(steps.weights, initial[config.seed]):
+        np.copyto(weights, value)
+    return steps
+
+
+def _fresh(config: TrainConfig) -> tuple:
+    """A new net from ``build_net`` (``config``'s architecture and seed), and the steps of a working net
+    of that architecture (kept, bound once) set to its weights. A fresh fit trains the working net
+    and copies the result back into the new one: the same numbers as training the new net itself,
+    without binding executors again (a few ms a fit). The working net is built first with the same
+    seed, so MXNet's generator ends where ``build_net`` alone leaves it."""
+    key = (config.hidden1, config.hidden2)
+    if key not in _working:
+        if len(_working) >= _KEEP:
+            del _working[next(iter(_working))]
+        _working[key] = _Steps(build_net(*key, seed=config.seed))
+    net, steps = build_net(*key, seed=config.seed), _working[key]
+    for weights, param in zip(steps.weights, net.collect_params().values()):
+        np.copyto(weights, _writable(param.data()))
     return net, steps
 
 
@@ -197,13 +220,10 @@ def train(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
     n = len(labels)
     x_all, y_all = _inputs(images), labels.astype(np.float32)
     if reuse:
-        net, steps = _kept_net(config)
+        steps = _kept_steps(config)
+        net = steps.net
     else:
-        net = build_net(config.hidden1, config.hidden2, seed=config.seed)
-        steps = _Steps(net)
-    params = list(net.collect_params().values())
-    weights, grads = [_writable(p.data()) for p in params], [_writable(p.grad()) for p in params]
-    scratch = [np.empty_like(g) for g in grads]
+        net, steps = _fresh(config)
     lr = np.float32(config.lr)
     rng = np.random.default_rng(config.seed)
     history: dict[str, list[float]] = {"train_loss": [], "train_accuracy": []}
@@ -219,7 +239,7 @@ def train(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
             nd.waitall()  # the gradients are in; nothing reads the weights or the inputs any more
             stats.append(step.stats.copy())
             with np.errstate(over="ignore", invalid="ignore"):  # a diverging fit overflows here; the loss says so
-                _sgd(weights, grads, scratch, lr * np.float32(1.0 / len(batch)))
+                _sgd(steps.weights, steps.grads, lr * np.float32(1.0 / len(batch)))
         loss_sum, correct = _add_n(stats).tolist()
         metrics = {"train_loss": loss_sum / n, "train_accuracy": correct / n}
         if not math.isfinite(metrics["train_loss"]):
@@ -228,4 +248,7 @@ def train(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
             history[key].append(value)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+    if net is not steps.net:
+        for param, weights in zip(net.collect_params().values(), steps.weights):
+            np.copyto(_writable(param.data()), weights)
     return TrainResult(net, history)
