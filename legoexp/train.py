@@ -4,23 +4,24 @@ It does what the lab's loop does, faster and reproducibly: images are normalised
 ((x/255 - 0.13)/0.31, read from a table of the 256 grey levels) instead of per batch; each epoch's
 shuffle comes from a NumPy generator seeded with the run's seed (the lab's DataLoader used the
 unseeded global one); the network, softmax cross-entropy and the batch statistics are one graph
-whose forward and backward run as one bound MXNet executor per batch size and architecture,
-kept across fits: two C calls a step (0.02 ms, where recording the block's CachedOp and
-``backward()``, which rebuilds and differentiates autograd's tape at every step, took 0.16 ms of a
-1 ms step), with the same operators and kernels as Gluon's hybridized block; NumPy fills the input buffers in place; SGD updates each parameter in place
-through a NumPy view of its memory with ``sgd_update``'s float32 arithmetic at the lab's
-``step(batch_size)`` scaling (the same numbers as Gluon's Trainer, bit for bit, in a third of the
-time MXNet's operator takes); each batch's loss sum and correct count are read back with the step
-and summed per epoch in ``add_n``'s order. The same config and data give the same numbers in any
-process, and the same weights and history as the hybridized Gluon step this replaced
-(``tests/test_train.py`` keeps it as the reference). A non-finite loss stops training at that
-epoch with ``Diverged``.
+whose forward and backward run as one bound MXNet executor per batch size and architecture, kept
+across fits, with the same operators and kernels as Gluon's hybridized block: two C calls start a
+step (0.02 ms; calling the block's CachedOp under ``autograd.record()`` and ``backward()``, which
+rebuilds and differentiates autograd's tape at every step, took 0.16 ms of a 1 ms step); NumPy
+fills the input buffers in place; SGD updates each parameter in place through a NumPy view of its
+memory with ``sgd_update``'s float32 arithmetic at the lab's ``step(batch_size)`` scaling (the same
+numbers as Gluon's Trainer, bit for bit, in a third of the time MXNet's operator takes); each
+batch's loss sum and correct count are read back with the step and summed per epoch in
+``add_n``'s order. The same config and data give the same numbers in any process, and the same
+weights and history as the hybridized Gluon step this replaced (``tests/test_train.py`` keeps it
+as the reference). A non-finite loss stops training at that epoch with ``Diverged``.
 
-Where a step's time goes (lab files, batch 34, 2026-12-05, MXNet's profiler): of about 0.75 ms,
-0.44 ms is the first layer's two matmuls (forward, weight gradient; MKLDNN on 2 threads), 0.17 ms
-the two small layers, loss and statistics (25 operators of 1-25 us each, mostly MXNet's own
-per-operator cost: MKLDNN's kernels take 1-9 us of it), 0.07 ms the SGD update, 0.03 ms the batch
-gathered, 0.02 ms the two calls that start the step.
+Where a step's time goes (lab files, batch 34, 2026-12-05; MXNet's profiler, oneDNN's verbose log,
+timers around each part): of about 0.75 ms, 0.44 ms is the first layer's two matmuls (forward 0.24,
+weight gradient 0.20; oneDNN takes as long with one OpenMP thread as with two), 0.15 ms the small
+layers, loss and statistics (about 25 operators, run as two bulked segments; mostly MXNet's own
+per-operator cost: oneDNN's kernels take 1-9 us each), 0.07 ms the SGD update (NumPy), 0.03 ms the
+batch gathered, 0.02 ms the two calls that start the step; per fit, ``build_net`` takes about 5 ms.
 """
 
 import ctypes
