@@ -134,3 +134,80 @@ def test_a_nets_size_counts_its_real_parameters_and_forward_multiply_adds(hidden
     assert size(hidden1, hidden2)["param_count"] == sum(w.size for w in weights)
     assert size(hidden1, hidden2)["macs_per_image"] == sum(w.size for w in weights if w.ndim == 2)
     assert size(128, 64)["param_count"] == 303_946  # the lab's net
+
+
+def _reference_train(config: TrainConfig, images, labels):
+    """``train`` as it was before the bound-executor step (2026-12-05): a hybridized Gluon block
+    (net, softmax cross-entropy, batch statistics) recorded by autograd, ``backward``, SGD in NumPy at
+    ``sgd_update``'s float32 arithmetic, and the epoch's statistics summed by ``add_n``. Returns the
+    weights and the history."""
+    from mxnet import autograd, gluon, nd
+
+    from legoexp.model import build_net, normalised
+
+    class Step(gluon.HybridBlock):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.loss = net, gluon.loss.SoftmaxCrossEntropyLoss()
+
+        def hybrid_forward(self, F, x, y):
+            out = x
+            for layer in self.net[1:]:
+                out = layer(out)
+            loss = self.loss(out, y)
+            return loss, F.BlockGrad(F.concat(F.sum(loss), F.sum(F.argmax(out, axis=1) == y), dim=0))
+
+    net = build_net(config.hidden1, config.hidden2, seed=config.seed)
+    step = Step(net)
+    step.hybridize(static_alloc=True, static_shape=True)
+    params = list(net.collect_params().values())
+    x_all, y_all = normalised(images), labels.astype(np.float32)
+    rng = np.random.default_rng(config.seed)
+    history = {"train_loss": [], "train_accuracy": []}
+    for _ in range(config.epochs):
+        order, stats = rng.permutation(len(labels)), []
+        for start in range(0, len(labels), config.batch_size):
+            batch = order[start:start + config.batch_size]
+            with autograd.record():
+                loss, batch_stats = step(nd.array(x_all[batch]), nd.array(y_all[batch]))
+            loss.backward()
+            stats.append(batch_stats)
+            rate = np.float32(config.lr) * np.float32(1.0 / len(batch))
+            for p in params:
+                p.set_data(p.data().asnumpy() - p.grad().asnumpy() * rate)
+        loss_sum, correct = nd.add_n(*stats).asnumpy().tolist()
+        history["train_loss"].append(loss_sum / len(labels))
+        history["train_accuracy"].append(correct / len(labels))
+    return [p.data().asnumpy() for p in params], history
+
+
+@pytest.mark.parametrize("config, n", [
+    (TrainConfig(epochs=2, seed=5), 120),  # the lab's net and batch: 3 batches of 34 and one of 18
+    (TrainConfig(epochs=3, seed=11, hidden1=20, hidden2=8, batch_size=16, lr=0.1), 300),  # 18 of 16, one of 12
+    (TrainConfig(epochs=2, seed=3, hidden1=64, hidden2=32, batch_size=50, lr=0.2), 451),  # 9 of 50, one of 1
+])
+def test_train_gives_the_weights_and_history_of_the_reference_step_bit_for_bit(synthetic_train, config, n):
+    """Whatever runs a step (graph, executor, operators), ``train`` ends with the same weights and
+    the same per-epoch loss and accuracy as the reference, bit for bit, with and without ``reuse``."""
+    images, labels = synthetic_train.images[:n], synthetic_train.labels[:n]
+    weights, history = _reference_train(config, images, labels)
+    for reuse in (False, True):
+        result = train(config, images, labels, reuse=reuse)
+        assert result.history == history
+        for mine, theirs in zip(result.net.collect_params().values(), weights):
+            assert np.array_equal(mine.data().asnumpy(), theirs), mine.name
+
+
+def test_an_epochs_statistics_are_summed_in_add_ns_order():
+    """``train`` reads each batch's (loss sum, correct count) back with the step and adds them up per
+    epoch in NumPy: for any number of batches, the float32 sum ``nd.add_n`` gave, bit for bit."""
+    from mxnet import nd
+
+    from legoexp.train import _add_n
+
+    rng = np.random.default_rng(0)
+    for n in range(1, 40):
+        for _ in range(50):
+            rows = [(rng.standard_normal(2) * 10.0 ** rng.uniform(-3, 3, 2)).astype(np.float32) for _ in range(n)]
+            expected = nd.add_n(*[nd.array(r) for r in rows]).asnumpy()
+            assert np.array_equal(_add_n(rows), expected), n
