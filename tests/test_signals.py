@@ -182,7 +182,7 @@ def test_sigterm_while_the_comparison_is_logged_ends_it_killed_and_a_rerun_regis
     assert stderr.strip().splitlines()[-1] == "terminated (SIGTERM) with 3 finished trial(s); rerun the same " \
                                               "command to resume"
     runs = {r.data.tags["legoexp.kind"]: r.info.status for r in _runs(name) if r.data.tags["legoexp.kind"] != "trial"}
-    assert runs == {"sweep": "KILLED", "comparison": "KILLED"}
+    assert runs == {"sweep": "KILLED", "rescoring": "FINISHED", "comparison": "KILLED"}  # re-scored before
     assert MlflowClient().search_registered_models(f"name = '{name}'") == []  # nothing registered yet
 
     again = subprocess.run([*_sweep_args(name, trials=3), "--model-name", name], env=mlflow_env,
