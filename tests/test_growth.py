@@ -11,29 +11,39 @@ from legoexp.bench import growth
 @pytest.mark.slow
 def test_a_short_study_gives_every_row_for_both_windows():
     rows = growth.growth(trials=12, windows=((0, 4), (8, 12)))
-    assert set(rows) == {f"{kind}_ms_trials_{a}_{b}" for kind in ("bookkeeping", "sampler", "trial")
-                         for a, b in ((0, 4), (8, 12))} | {"bookkeeping_growth", "bookkeeping_growth_without_sampler"}
+    kinds = ("bookkeeping", "sampler", "bookkeeping_cpu", "sampler_cpu", "trial")
+    assert set(rows) == {f"{kind}_ms_trials_{a}_{b}" for kind in kinds for a, b in ((0, 4), (8, 12))} | {
+        "bookkeeping_growth", "bookkeeping_growth_without_sampler", "bookkeeping_cpu_growth",
+        "bookkeeping_cpu_growth_without_sampler"}
     assert all(math.isfinite(v) for v in rows.values())
     for a, b in ((0, 4), (8, 12)):
         # the bookkeeping is the step without its training waits, and holds the sampler's part
         assert 0 < rows[f"sampler_ms_trials_{a}_{b}"] < rows[f"bookkeeping_ms_trials_{a}_{b}"]
         assert rows[f"bookkeeping_ms_trials_{a}_{b}"] <= rows[f"trial_ms_trials_{a}_{b}"]
+        assert 0 < rows[f"sampler_cpu_ms_trials_{a}_{b}"] < rows[f"bookkeeping_cpu_ms_trials_{a}_{b}"]
     assert rows["bookkeeping_growth"] == pytest.approx(rows["bookkeeping_ms_trials_8_12"] /
                                                        rows["bookkeeping_ms_trials_0_4"])
 
 
 def test_rows_of_a_record_follow_the_definition():
-    # [trial number, perf_counter at its tell, training seconds so far, sampler seconds so far]
-    steps = [[0, 10.0, 0.0, 0.0], [1, 10.5, 0.2, 0.1], [2, 11.0, 0.4, 0.2], [3, 12.0, 0.6, 0.6]]
+    # [trial number, perf_counter, main thread CPU, training, sampler, sampler CPU] at each tell, in seconds
+    steps = [[0, 10.0, 1.0, 0.0, 0.0, 0.0], [1, 10.5, 1.2, 0.2, 0.1, 0.05], [2, 11.0, 1.4, 0.4, 0.2, 0.1],
+             [3, 12.0, 1.8, 0.6, 0.6, 0.3]]
     rows = growth.rows(steps, ((0, 2), (2, 4)))
     assert rows["trial_ms_trials_0_2"] == pytest.approx(500)  # trial 0 has no step: only trial 1's
     assert rows["bookkeeping_ms_trials_0_2"] == pytest.approx(300)
     assert rows["sampler_ms_trials_0_2"] == pytest.approx(100)
+    assert rows["bookkeeping_cpu_ms_trials_0_2"] == pytest.approx(200)
+    assert rows["sampler_cpu_ms_trials_0_2"] == pytest.approx(50)
     assert rows["trial_ms_trials_2_4"] == pytest.approx(750)
     assert rows["bookkeeping_ms_trials_2_4"] == pytest.approx(550)
     assert rows["sampler_ms_trials_2_4"] == pytest.approx(250)
+    assert rows["bookkeeping_cpu_ms_trials_2_4"] == pytest.approx(300)
+    assert rows["sampler_cpu_ms_trials_2_4"] == pytest.approx(125)
     assert rows["bookkeeping_growth"] == pytest.approx(550 / 300)
     assert rows["bookkeeping_growth_without_sampler"] == pytest.approx(300 / 200)
+    assert rows["bookkeeping_cpu_growth"] == pytest.approx(300 / 200)
+    assert rows["bookkeeping_cpu_growth_without_sampler"] == pytest.approx(175 / 150)
 
 
 def test_windows_outside_the_study_are_refused():
