@@ -11,16 +11,18 @@ of the search process from the previous trial's ``Study.tell`` returning to this
 its bookkeeping is that step minus the time the process spent waiting for folds to train in it
 (``ops.timings.training``, the timer the sweep's ``search_training`` part comes from). What is left
 is everything the search process does that is not training: Optuna, MLflow, legoexp's own reads of
-the study, the progress lines, and any time the process waits for a CPU. The folds train in fold
-processes and may overlap that bookkeeping; with 1 epoch they are short, so the bookkeeping is the
-study's pace. The first trial has no step (nothing was told before it); a window of trials
-``[a, b)`` averages (the mean) the steps of the trials told in that position, a-th to (b-1)-th.
+the study, the progress lines, the waits for the disk (the journal's fsyncs, MLflow's SQLite
+commits) and for a CPU. The folds train in fold processes and may overlap that bookkeeping; with 1
+epoch they are short, so the bookkeeping is the study's pace. The first trial has no step (nothing
+was told before it); a window of trials ``[a, b)`` averages (the mean) the steps of the trials told
+in that position, a-th to (b-1)-th.
 
-The wall time is what a user waits, but on a shared machine it also moves with the other
-processes' load over the minutes the study runs (seen: the same build measured 1.49x and 0.79x in
-two runs). The CPU time of the search process's main thread over a step (``time.thread_time``:
-waiting for folds, a lock or the disk costs none) is its bookkeeping's work, far less sensitive to
-that load; the ``_cpu`` rows give it, and its growth is the steadier figure to compare.
+The wall time is what a user waits, but on a shared machine it also moves with the other processes'
+load over the minutes the study runs (seen: 1.49x and 0.79x in two runs ten minutes apart, with no
+change to the cost between them). The CPU time of the search process's main thread over a step
+(``time.thread_time``: waiting for folds, a lock or the disk costs none) is its bookkeeping's work,
+far less sensitive to that load; the ``_cpu`` rows give it, and its growth is the steadier figure
+to compare.
 
 Rows (for ``windows=((0, 50), (450, 500))``):
 
