@@ -4,6 +4,7 @@ windows of trials (its figures are for the benchmark's notes, not asserted: shar
 import math
 
 import pytest
+from conftest import run_module
 
 from legoexp.bench import growth
 
@@ -49,3 +50,9 @@ def test_rows_of_a_record_follow_the_definition():
 def test_windows_outside_the_study_are_refused():
     with pytest.raises(ValueError, match="windows"):
         growth.growth(trials=10, windows=((0, 4), (8, 12)))
+
+
+def test_the_command_refuses_windows_outside_the_study_before_any_work():
+    proc = run_module("legoexp.bench.growth", "--trials", "10", timeout=120)
+    assert proc.returncode == 2
+    assert "--windows 0:50 450:500: each A:B must lie within the 10 trials" in proc.stderr

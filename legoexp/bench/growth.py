@@ -179,6 +179,9 @@ def main(argv=None) -> int:
         return _child(args.child, rest[1:] if rest[:1] == ["--"] else rest)
     if rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
+    if not all(0 <= a < b <= args.trials for a, b in args.windows):
+        p.error(f"--windows {' '.join(f'{a}:{b}' for a, b in args.windows)}: each A:B must lie within the "
+                f"{args.trials} trials (0 <= A < B <= --trials)")
     started = time.perf_counter()
     result = growth(args.data, args.trials, args.folds, tuple(args.windows), args.epochs)
     print(f"{args.trials} trials, {args.epochs} epoch(s), {args.folds} folds on {args.data}, in "
