@@ -66,6 +66,26 @@ def test_in_a_log_each_finished_trial_is_one_line_with_its_outcome_the_best_so_f
                       ("3", "complete", "0.7000", "0.7000", "3", "2")]
 
 
+def test_a_trial_that_finishes_after_later_ones_is_still_shown_once_and_counted():
+    study = _study_with(COMPLETE_60)
+    pipe = _Pipe()
+    shown = progress.Trials(4, study.get_trials(), stream=pipe.stream)
+    running = study.ask()  # trial 1, still running while trials 2 and 3 finish
+    study.add_trial(PRUNED)
+    shown.update(study.get_trials())
+    study.add_trial(COMPLETE_70)
+    shown.update(study.get_trials())
+    study.tell(running, 0.65)
+    shown.update(study.get_trials())
+    shown.update(study.get_trials())  # nothing new: no line
+    shown.close()
+    parsed = [TRIAL_LINE.match(line).groups() for line in pipe.lines()[1:]]
+    assert parsed == [("2", "pruned after fold 4", None, "0.6000", "0", "2"),
+                      ("3", "complete", "0.7000", "0.7000", "3", "1"),
+                      ("1", "complete", "0.6500", "0.7000", "3", "0")]
+    assert (shown.done, shown.pruned) == (4, 1)
+
+
 def test_a_trial_line_before_any_complete_trial_says_there_is_no_best_yet():
     study = _study_with()
     pipe = _Pipe()

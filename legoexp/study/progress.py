@@ -42,7 +42,9 @@ class Trials:
         finished = [t for t in trials if t.state.is_finished()]
         self.seen = {t.number for t in finished}
         self.done = sum(t.state in FINISHED for t in finished)
+        self.pruned = sum(t.state == TrialState.PRUNED for t in finished)
         self.best = max((t for t in finished if t.state == TrialState.COMPLETE), key=accuracy, default=None)
+        self.unseen = self._first_unseen(0)
         self.bar = None
         if self.style == "bar":
             self.bar = tqdm(total=total, initial=min(self.done, total), desc="trials", unit="trial",
@@ -51,20 +53,30 @@ class Trials:
             print(f"resuming: {self.done} of {total} trials finished before", file=self.stream, flush=True)
 
     def update(self, trials: list[FrozenTrial]) -> None:
-        new = sorted((t for t in trials if t.state.is_finished() and t.number not in self.seen),
+        """Show what finished since the last update. ``trials``: all the study's, in number order (as
+        ``get_trials`` gives them); only those from the first not yet seen finished on are read, so an
+        update costs what is new, not the study's size."""
+        new = sorted((t for t in trials[self.unseen:] if t.state.is_finished() and t.number not in self.seen),
                      key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
         for trial in new:
             self.seen.add(trial.number)
             self.done += trial.state in FINISHED
+            self.pruned += trial.state == TrialState.PRUNED
             if trial.state == TrialState.COMPLETE and (self.best is None or accuracy(trial) > accuracy(self.best)):
                 self.best = trial
             if self.style == "lines":
                 print(self.line(trial), file=self.stream, flush=True)
+        self.unseen = self._first_unseen(self.unseen)
         if self.bar is not None:
-            pruned = sum(t.state == TrialState.PRUNED for t in trials)
             self.bar.n = min(self.done, self.total)
-            self.bar.set_postfix_str(f"pruned {pruned}" + (f", best val_accuracy {accuracy(self.best):.4f}"
-                                                           if self.best else ""))
+            self.bar.set_postfix_str(f"pruned {self.pruned}" + (f", best val_accuracy {accuracy(self.best):.4f}"
+                                                                if self.best else ""))
+
+    def _first_unseen(self, number: int) -> int:
+        """The first trial number from ``number`` on not yet seen finished (all before it were)."""
+        while number in self.seen:
+            number += 1
+        return number
 
     def line(self, trial: FrozenTrial) -> str:
         value = f"val_accuracy {accuracy(trial):.4f}" if trial.state == TrialState.COMPLETE else ""
