@@ -341,7 +341,8 @@ def test_jobs_2_with_a_worker_killed_still_fills_the_study_exactly(mlflow_env, t
     assert held != main.pid
     # the trial it reports on, and the next one it has claimed already (unless the study was full)
     lost = [t.number for t in _study(journal_dir, name).get_trials()
-            if t.state == TrialState.RUNNING and t.user_attrs["owner"].split(":")[1] == str(held)]
+            if t.state == TrialState.RUNNING and t.user_attrs.get("owner", "").split(":")[1:2] == [str(held)]]
+    # (.get: the other worker, running on, may have asked for a trial and not yet set its owner)
     assert 1 <= len(lost) <= 2
     os.kill(held, signal.SIGKILL)
     out, err = main.communicate(timeout=600)
