@@ -13,7 +13,8 @@ instrumented, for the share of its wall time spent in MLflow, Optuna and figures
 ``--peer-sweep``, the straightforward sweep (``legoexp.bench.peers``) and the practised user's
 (``legoexp.bench.skilled``: hybridized Gluon, TPE with Wilcoxon pruning, 2 processes on a journal,
 nested runs), each from process start, and ``sweep_vs_peer``, ``sweep_vs_skilled_peer``; with
-``--serve``, latency and throughput of ``mlflow models serve``. Timings are repeated (min and
+``--serve``, latency and throughput of ``mlflow models serve``; with ``--growth``, a trial's
+bookkeeping early and late in a 500-trial study (``legoexp.bench.growth``). Timings are repeated (min and
 median); compare ratios measured in one run, not figures across machines.
 """
 
@@ -85,6 +86,9 @@ def main(argv=None) -> int:
     p.add_argument("--peer-sweep", action="store_true", help="also time the straightforward sweep "
                    "(`python -m legoexp.bench.peers`: about 3 minutes on the lab's files) and the practised user's "
                    "(`python -m legoexp.bench.skilled`: about 1 minute), and give sweep_vs_peer and sweep_vs_skilled_peer")
+    p.add_argument("--growth", action="store_true", help="also time a trial's bookkeeping at trials 0-50 and "
+                   "450-500 of a 500-trial study on the generated data, 1 epoch, 2 folds (`python -m "
+                   "legoexp.bench.growth`: a few minutes), and give bookkeeping_growth")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--sweep-probe", action="store_true", help=argparse.SUPPRESS)
     args, rest = p.parse_known_args(argv)
@@ -132,6 +136,10 @@ def main(argv=None) -> int:
             singles["sweep_vs_peer"] = singles["peer_sweep_wall_s"] / singles["sweep_wall_s"]
             singles["skilled_peer_sweep_wall_s"] = skilled_peer_sweep(args.data, args.trials, rest)
             singles["sweep_vs_skilled_peer"] = singles["skilled_peer_sweep_wall_s"] / singles["sweep_wall_s"]
+    if args.growth:
+        from legoexp.bench.growth import growth
+
+        singles |= growth()
 
     machine = _machine(load_before)
     print(f"machine: {machine['cores']} cores, load average {machine['load_before']:.1f} at the start and "
