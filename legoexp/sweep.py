@@ -135,12 +135,14 @@ def main(argv=None) -> int:
             # the candidates are re-scored by the fold workers while this process draws the figures
             pending = rescore.Pending(search.study, cfg, train_split, runner, search.parent.run_id,
                                       search.parent.experiment_id)
+            if pending.known is not None and report.needs_comparison(finished, pending.known):
+                report.start_comparison(finished, pending.known)  # the pick is known: its fits go out too
             summary.log_study(search.study, search.parent.run_id, search.parent.experiment_id)
             timings.lap("figures")
             choice = pending.finish()
             print(("\n" + choice.table() if len(choice.candidates) > 1 else "") + "\n" + choice.summary())
-            if report.needs_comparison(finished, choice):
-                report.start_comparison(finished, choice)
+            if report.needs_comparison(finished, choice.chosen):
+                report.start_comparison(finished, choice.chosen)
                 # the first read of the test split
                 report.compare_and_register(finished, choice, load_split(source, "test"), quiet=args.quiet)
             else:

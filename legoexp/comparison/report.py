@@ -40,18 +40,19 @@ class Finished:
     runner: object  # study.folds.FoldRunner: trains the comparison's fits
 
 
-def needs_comparison(f: Finished, choice) -> bool:
-    """False when the chosen trial (``choice``: a ``selection.rules.Choice``) was already compared and
+def needs_comparison(f: Finished, chosen) -> bool:
+    """False when the ``chosen`` trial (a ``selection.rules.Candidate``) was already compared and
     registered (a rerun)."""
     done = _client().get_run(f.parent_id).data.tags.get("compared_trial")
-    return done != str(choice.chosen.number)
+    return done != str(chosen.number)
 
 
-def start_comparison(f: Finished, choice) -> None:
-    """Hand the fits of the comparison that ``compare_and_register`` is about to make to the fold
-    workers: they train while this process logs the re-scoring. Nothing if it was made."""
-    if _finished_comparison(f, choice.chosen.number, f.seeds) is None:
-        f.runner.start_fits(fit_configs([f.baseline, _config(f, choice.chosen)], f.seeds))
+def start_comparison(f: Finished, chosen) -> None:
+    """Hand the fits of the comparison of ``chosen`` that ``compare_and_register`` is about to make to
+    the fold workers: they train while this process does something else (the figures, when the rule
+    knows its pick before the re-scores). Nothing if it was made; once only, if called again."""
+    if _finished_comparison(f, chosen.number, f.seeds) is None:
+        f.runner.start_fits(fit_configs([f.baseline, _config(f, chosen)], f.seeds))
 
 
 _client = functools.cache(MlflowClient)  # one client for the report's calls

@@ -4,7 +4,7 @@ Every candidate is cross-validated again, ``repeats`` times, on stratified k-fol
 split with fresh seeds (repeat r: fold seed and training seed ``seed + 1 + r``; the search used
 ``seed``), the same folds for every candidate, so their scores pair up. The folds go to the sweep's
 fold workers all at once (``FoldRunner.start_folds``) and train while the study's figures are drawn.
-The candidates' latency is measured here while the workers are idle. All of it is logged as the
+The candidates' latency is measured here first, while the workers are idle. All of it is logged as the
 study's ``rescoring`` run (per candidate: the accuracy of every (repeat, fold) as a metric history,
 the mean and its CI, the latency), which a rerun reuses: a study is re-scored once per candidate set.
 The test split is not read.
@@ -41,7 +41,10 @@ class Pending:
                        "epochs": cfg["epochs"], "data_digest": train_split.digest}
         self.logged = self._logged()
         self.wait = None
+        self.measured: dict = {}
         if self.logged is None:
+            # timed now, while the fold processes are idle: the search is over, nothing handed out yet
+            self.measured = {c.number: latency.measure(c.params["hidden1"], c.params["hidden2"]) for c in self.found}
             jobs = []
             for seed in self.seeds:
                 for fit_idx, val_idx in fold_indices(train_split.labels, cfg["folds"], seed):
@@ -49,6 +52,11 @@ class Pending:
             self.wait = runner.start_folds(jobs)
             print(f"re-scoring {len(self.found)} candidate(s) ({self.params['candidates']}) with {cfg['repeats']}x"
                   f"{cfg['folds']}-fold CV of the training split, seeds {self.params['seeds']}", file=sys.stderr)
+
+    @property
+    def known(self) -> rules.Candidate | None:
+        """The pick, when the rule needs no re-scores to make it (``best``: its one candidate)."""
+        return self.found[0] if self.cfg["select"] == "best" else None
 
     def finish(self) -> rules.Choice:
         """The rule's pick, on the re-scores (waited for, then logged) or on those a run logged before."""
@@ -58,10 +66,9 @@ class Pending:
             accuracies = self.wait()
             n = len(self.found)
             scores = {c.number: accuracies[i::n] for i, c in enumerate(self.found)}
-            measured = {}
+            measured = self.measured
         choice = rules.pick(self.cfg["select"], self.found, scores, self.cfg["folds"], self.cfg["tolerance"])
         if self.logged is None:
-            measured = {c.number: latency.measure(c.params["hidden1"], c.params["hidden2"]) for c in self.found}
             self._log(choice, measured)
             timings.lap("selection")
         return replace(choice, latency=measured)
