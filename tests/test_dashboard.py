@@ -1,5 +1,6 @@
 """The study live in optuna-dashboard: the real dashboard on a sweep's own storage, read through its API."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,19 +21,36 @@ def _json(url: str):
         return json.load(response)
 
 
-@pytest.mark.slow
-def test_optuna_dashboard_on_the_default_journal_shows_the_study_its_trials_and_their_mlflow_runs(
-        mlflow_env, tracking_uri, tmp_path):
+def _sweep(env, trials, *options) -> str:
+    """A small sweep's study name, after it ran to the end."""
+    name = f"study-{uuid.uuid4().hex[:8]}"
+    proc = run_module("legoexp.sweep", "--trials", trials, "--folds", "2", "--seeds", "2", "--epochs", "2", *options,
+                      "--study-name", name, "--experiment-name", name, "--quiet", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if line.startswith(("trial ", "fit "))], proc.stderr
+    return name
+
+
+@contextlib.contextmanager
+def _dashboard(journal: Path, log: Path):
+    """The real optuna-dashboard on ``journal``, started as the README says, in the store's folder."""
     from services import background_service, free_port  # here: test modules load it as a plugin first
 
     dashboard = Path(sys.executable).parent / "optuna-dashboard"
     require(dashboard.is_file() or shutil.which("optuna-dashboard") is not None,
             "optuna-dashboard is not installed (pip install -e '.[test]')")
-    name = f"study-{uuid.uuid4().hex[:8]}"
-    proc = run_module("legoexp.sweep", "--trials", TRIALS, "--folds", "2", "--seeds", "2", "--epochs", "2",
-                      "--study-name", name, "--experiment-name", name, "--quiet", env=mlflow_env)
-    assert proc.returncode == 0, proc.stderr
-    assert not [line for line in proc.stderr.splitlines() if line.startswith(("trial ", "fit "))], proc.stderr
+    port = free_port()
+    command = [str(dashboard) if dashboard.is_file() else "optuna-dashboard", journal.name,
+               "--host", "127.0.0.1", "--port", str(port)]
+    with background_service("optuna-dashboard", command, f"http://127.0.0.1:{port}", "/api/studies",
+                            log, cwd=journal.parent, env=os.environ.copy()) as service:
+        yield service
+
+
+@pytest.mark.slow
+def test_optuna_dashboard_on_the_default_journal_shows_the_study_its_trials_and_their_mlflow_runs(
+        mlflow_env, tracking_uri, tmp_path):
+    name = _sweep(mlflow_env, TRIALS)
 
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name).experiment_id
@@ -42,11 +60,7 @@ def test_optuna_dashboard_on_the_default_journal_shows_the_study_its_trials_and_
     assert parent.data.params["study_name"] == name and parent.data.params["storage"] == f"journal:{journal}"
     trial_runs = {r.data.tags["trial_number"]: r for r in runs if r.data.tags["legoexp.kind"] == "trial"}
 
-    port = free_port()
-    command = [str(dashboard) if dashboard.is_file() else "optuna-dashboard", "optuna.journal",
-               "--host", "127.0.0.1", "--port", str(port)]  # as the README says, in the store's folder
-    with background_service("optuna-dashboard", command, f"http://127.0.0.1:{port}", "/api/studies",
-                            tmp_path / "dashboard.log", cwd=journal.parent, env=os.environ.copy()) as service:
+    with _dashboard(journal, tmp_path / "dashboard.log") as service:
         summaries = _json(f"{service.url}/api/studies")["study_summaries"]
         [summary] = [s for s in summaries if s["study_name"] == name]
         assert summary["directions"] == ["maximize"]
@@ -72,25 +86,12 @@ def test_optuna_dashboard_shows_a_multi_objective_studys_pareto_front_and_its_me
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
-    from services import background_service, free_port
-
-    dashboard = Path(sys.executable).parent / "optuna-dashboard"
-    require(dashboard.is_file() or shutil.which("optuna-dashboard") is not None,
-            "optuna-dashboard is not installed (pip install -e '.[test]')")
-    name = f"study-{uuid.uuid4().hex[:8]}"
-    proc = run_module("legoexp.sweep", "--trials", "5", "--folds", "2", "--seeds", "2", "--epochs", "2",
-                      "--objectives", "accuracy,params", "--study-name", name, "--experiment-name", name,
-                      "--quiet", env=mlflow_env)
-    assert proc.returncode == 0, proc.stderr
+    name = _sweep(mlflow_env, "5", "--objectives", "accuracy,params")
     journal = Path(tracking_uri[len("sqlite:///"):]).parent / "optuna.journal"
     front = sorted(t.number for t in optuna.load_study(
         study_name=name, storage=JournalStorage(JournalFileBackend(str(journal)))).best_trials)
 
-    port = free_port()
-    command = [str(dashboard) if dashboard.is_file() else "optuna-dashboard", "optuna.journal",
-               "--host", "127.0.0.1", "--port", str(port)]
-    with background_service("optuna-dashboard", command, f"http://127.0.0.1:{port}", "/api/studies",
-                            tmp_path / "dashboard.log", cwd=journal.parent, env=os.environ.copy()) as service:
+    with _dashboard(journal, tmp_path / "dashboard.log") as service:
         [summary] = [s for s in _json(f"{service.url}/api/studies")["study_summaries"] if s["study_name"] == name]
         assert summary["directions"] == ["maximize", "minimize"]
         study = _json(f"{service.url}/api/studies/{summary['study_id']}?after=0")
