@@ -108,6 +108,21 @@ def test_sigterm_ends_a_sweep_at_once_its_trials_failed_and_a_rerun_resumes(mlfl
 
 
 @pytest.mark.slow
+def test_sigterm_while_a_trials_run_is_being_made_ends_that_run_too(mlflow_env, tracking_uri, tmp_path):
+    """The signal lands after the store has the run and before its id is back (held at trial.run_made,
+    the second trial's): the run is found by its trial and ended KILLED, not left RUNNING."""
+    name, log = f"study-{uuid.uuid4().hex[:8]}", tmp_path / "stderr"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(_sweep_args(name), env=faults_env(mlflow_env, "trial.run_made#2=stop",
+                                                                   tmp_path / "held"),
+                                stdout=subprocess.DEVNULL, stderr=err)
+    pid = held_at_fault(proc, tmp_path / "held")
+    _terminated(proc, pid, log, "the sweep making a trial's run")
+    trials, runs = _assert_nothing_running(tracking_uri, name, "terminated")
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [0, 1]  # the current one, the one made
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("first, second", [(signal.SIGTERM, signal.SIGINT), (signal.SIGINT, signal.SIGINT)])
 def test_a_second_signal_while_the_first_is_handled_leaves_nothing_half_ended(mlflow_env, tracking_uri, tmp_path,
                                                                               first, second):

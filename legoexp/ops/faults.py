@@ -23,6 +23,7 @@ import sys
 
 POINTS = {
     "trial.claimed": "a trial was asked for and given its owner, before its MLflow run exists",
+    "trial.run_made": "a trial's MLflow run exists, its id not yet held by the process that made it",
     "trial.fold": "a fold's accuracy was reported to Optuna (and the pruner asked)",
     "trial.told": "the trial's outcome is in the study, its MLflow run not yet ended",
     "fold.train": "a fold-training process is about to train a fold",

@@ -65,6 +65,7 @@ class Running:
         self.trial = trial
         self.fold_results = None
         self.run_id: str | None = None
+        self.creating = False  # its run is being made: it may exist while run_id is still None
         self.accuracies: list[float] = []
         self.heartbeat = contextlib.ExitStack()
 
@@ -91,10 +92,13 @@ class Trials:
             running.fold_results = self.runner.accuracies(config, self.folds)
             running.heartbeat.enter_context(claims.Heartbeat(self.storage, trial._trial_id,
                                                              self.cfg["heartbeat"]))
-            running.run_id = self.client.create_run(
+            running.creating = True  # from here on a run of this trial may exist before its id is known here
+            run = self.client.create_run(
                 self.experiment_id, run_name=f"trial-{trial.number:03d}",
                 tags={"mlflow.parentRunId": self.parent_id, "legoexp.kind": "trial", "legoexp.study":
-                      self.study.study_name, "trial_number": str(trial.number), "state": "running"}).info.run_id
+                      self.study.study_name, "trial_number": str(trial.number), "state": "running"})
+            faults.point("trial.run_made")
+            running.run_id = run.info.run_id
             trial.set_user_attr("mlflow_run_id", running.run_id)
             trial.set_user_attr("mlflow_run_url", tracking.run_url(self.experiment_id, running.run_id))  # shown by optuna-dashboard
             tracking.log_params(running.run_id, {**config.as_params(), **self.params,
@@ -152,11 +156,22 @@ class Trials:
         running.heartbeat.close()
         reason = _stop_reason(error) if interrupted else f"{type(error).__name__}: {error}"
         with contextlib.suppress(Exception):
-            if running.run_id is not None:
-                self.end_run(running.run_id, running.accuracies, TrialState.FAIL, reason,
+            for run_id in [running.run_id] if running.run_id is not None else self._runs_made(running):
+                self.end_run(run_id, running.accuracies, TrialState.FAIL, reason,
                              status="KILLED" if interrupted else "FAILED")
             running.trial.set_user_attr("fail_reason", reason)
             self.study.tell(running.trial, state=TrialState.FAIL, skip_if_finished=True)
+
+    def _runs_made(self, running: Running) -> list[str]:
+        """The RUNNING runs of a trial that this process stopped while making its run (a signal in
+        ``create_run``, after the store had it and before its id came back): this process owns the
+        trial, so they are its."""
+        if not running.creating:
+            return []
+        runs = self.client.search_runs([self.experiment_id], f"tags.`legoexp.study` = '{self.study.study_name}' and "
+                                       f"tags.`legoexp.kind` = 'trial' and tags.trial_number = '{running.trial.number}' "
+                                       "and attributes.status = 'RUNNING'")
+        return [r.info.run_id for r in runs]
 
     def _taken(self, trial) -> bool:
         """True if another process has ended ``trial`` (the storage says so when it can be asked)."""
