@@ -23,7 +23,7 @@ from legoexp.comparison.stats import paired_comparison
 from legoexp.config import TrainConfig
 from legoexp.ops import faults, timings
 from legoexp.selection import optimism
-from legoexp.study import progress
+from legoexp.study import design, progress
 
 
 @dataclass(frozen=True)
@@ -156,5 +156,5 @@ def _baseline_value(f: Finished) -> float | None:
     """val_accuracy of the study's baseline trial; None if it was pruned or failed."""
     for t in f.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if t.user_attrs.get("baseline"):
-            return t.values[0]
+            return design.accuracy(t)
     return None

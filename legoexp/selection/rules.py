@@ -23,6 +23,7 @@ import numpy as np
 from legoexp.comparison.stats import corrected_mean_ci
 from legoexp.errors import UserError
 from legoexp.model import size
+from legoexp.study.design import accuracy, fold_accuracies, param_count
 
 RULES_NEEDING_CANDIDATES = ("simplest-within", "rescored")
 
@@ -39,11 +40,9 @@ class Candidate:
 
     @classmethod
     def of(cls, trial) -> "Candidate":
-        folds = trial.user_attrs.get("fold_accuracies") or \
-            [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
         cost = size(trial.params["hidden1"], trial.params["hidden2"])
-        return cls(trial.number, dict(trial.params), float(trial.values[0]), tuple(folds), cost["param_count"],
-                   cost["macs_per_image"])
+        return cls(trial.number, dict(trial.params), float(accuracy(trial)), tuple(fold_accuracies(trial)),
+                   cost["param_count"], cost["macs_per_image"])
 
     @property
     def key(self) -> tuple:
@@ -59,7 +58,7 @@ def candidates(complete: list, rule: str, top_k: int, front: list | None = None)
     if rule in RULES_NEEDING_CANDIDATES and len(complete) < 2:
         raise UserError(f"select={rule!r} compares candidates, but the study has {len(complete)} complete trial(s); "
                         "give it more --trials (or --select best), then rerun the same command")
-    ranked = sorted(complete, key=lambda t: (-t.values[0], _param_count(t), t.number))
+    ranked = sorted(complete, key=lambda t: (-accuracy(t), param_count(t.params), t.number))
     pool = ranked[:1] if rule == "best" else sorted(front, key=lambda t: t.number) if front is not None else ranked
     unique: dict = {}
     for trial in pool:  # in the pool's order: the first trial of a point stands for it
@@ -68,10 +67,6 @@ def candidates(complete: list, rule: str, top_k: int, front: list | None = None)
     if rule != "best" and front is None:
         found = found[:top_k]
     return sorted(found, key=lambda c: c.key)
-
-
-def _param_count(trial) -> int:
-    return size(trial.params["hidden1"], trial.params["hidden2"])["param_count"]
 
 
 @dataclass(frozen=True)

@@ -89,5 +89,18 @@ def accuracy(trial) -> float:
     return trial.values[0]
 
 
+def fold_accuracies(trial) -> list[float]:
+    """A trial's folds' accuracies: reported to the pruner, or (a multi-objective study) kept in a user attribute."""
+    return trial.user_attrs.get("fold_accuracies") or [trial.intermediate_values[k]
+                                                      for k in sorted(trial.intermediate_values)]
+
+
+def param_count(params: dict) -> int:
+    """The parameter count of a point of the search space's net (``model.size``)."""
+    from legoexp.model import size  # MXNet, for the processes that ask
+
+    return size(params["hidden1"], params["hidden2"])["param_count"]
+
+
 def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))

@@ -57,13 +57,11 @@ def log_study(study: optuna.Study, parent_id: str, experiment_id: str) -> None:
 
 def _points(complete: list) -> list[dict]:
     """Each complete trial's size, CV accuracy and the spread of its folds."""
-    from legoexp.model import size
-
     points = []
     for t in complete:
-        folds = t.user_attrs.get("fold_accuracies") or list(t.intermediate_values.values())
-        points.append({"number": t.number, "params": size(t.params["hidden1"], t.params["hidden2"])["param_count"],
-                       "accuracy": design.accuracy(t), "std": float(np.std(folds, ddof=1)) if len(folds) > 1 else 0.0})
+        folds = design.fold_accuracies(t)
+        points.append({"number": t.number, "params": design.param_count(t.params), "accuracy": design.accuracy(t),
+                       "std": float(np.std(folds, ddof=1)) if len(folds) > 1 else 0.0})
     return points
 
 

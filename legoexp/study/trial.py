@@ -126,7 +126,7 @@ class Trials:
                     state, reason = TrialState.FAIL, str(e)
                     trial.set_user_attr("fail_reason", reason)
                 if self.multi and value is not None:  # the second objective: the net's parameter count
-                    value = [value, model.size(trial.params["hidden1"], trial.params["hidden2"])["param_count"]]
+                    value = [value, design.param_count(trial.params)]
                 taken = self.study.tell(trial, value, state=state, skip_if_finished=True).state != state
         except UpdateFinishedTrialError:
             taken = True
@@ -208,8 +208,7 @@ class Trials:
             if trial is None:
                 continue
             if trial.user_attrs.get("mlflow_run_id") == run.info.run_id and trial.state != TrialState.FAIL:
-                accuracies = trial.user_attrs.get("fold_accuracies") or \
-                    [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
+                accuracies = design.fold_accuracies(trial)
                 self.end_run(run.info.run_id, accuracies, trial.state)
             else:  # failed, or a run its process made but never linked to the trial before it died
                 reason = trial.user_attrs.get("fail_reason", "its process could not end it")
