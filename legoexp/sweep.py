@@ -84,12 +84,13 @@ def main(argv=None) -> int:
     from legoexp import tracking
     from legoexp.access import rights
     from legoexp.comparison import report
-    from legoexp.ops import faults
+    from legoexp.ops import faults, logs
     from legoexp.selection import rescore
     from legoexp.study import summary, workers
     from legoexp.study.search import Search
     from legoexp.study.storage import StudyLock, open_storage, storage_label
 
+    logs.cover()  # MLflow's log handlers, made as it loaded: the resource errors it logs are reported in one line
     timings.lap("startup")
     gc.freeze()
     gc.enable()
@@ -160,18 +161,16 @@ def main_or_storage_error(argv=None) -> int:
     worker that dies mid-sweep, reported in one line (a rerun resumes). Meanwhile the log records in
     which MLflow (or Optuna) prints such a resource error with its traceback are dropped
     (``logs.quiet``): that line reports it."""
-    gc.disable()  # before the imports below (see main)
-    from concurrent.futures.process import BrokenProcessPool
-
-    import mlflow
-    import optuna
-    from mlflow.exceptions import MlflowException
-    from sqlalchemy.exc import OperationalError
-
-    from legoexp import tracking
+    gc.disable()  # see main
+    # MLflow and Optuna are loaded by main, after it has started the fold workers (which load MXNet
+    # meanwhile), and here only once an error needs them
     from legoexp.ops import logs, resources
 
     def places() -> resources.Places:  # what this sweep writes to, to name it; asked only after an error
+        import mlflow
+
+        from legoexp import tracking
+
         try:
             from legoexp.study.storage import storage_label
 
@@ -189,6 +188,14 @@ def main_or_storage_error(argv=None) -> int:
     except UserError:
         raise  # worded already
     except Exception as e:
+        from concurrent.futures.process import BrokenProcessPool
+
+        import optuna
+        from mlflow.exceptions import MlflowException
+        from sqlalchemy.exc import OperationalError
+
+        from legoexp import tracking
+
         shortage = resources.find(e, places())
         if shortage is None and silenced is not None and silenced.first is not None and \
                 isinstance(e, (MlflowException, optuna.exceptions.StorageInternalError, OperationalError)):

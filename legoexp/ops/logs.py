@@ -34,18 +34,33 @@ class Silenced(logging.Filter):
 LOGGERS = ("", "mlflow", "sqlalchemy.engine", "alembic", "optuna")  # those with handlers of their own
 
 
+_active: list[tuple[Silenced, set]] = []  # the quiet() blocks open: their filter and the handlers it is on
+
+
 @contextlib.contextmanager
 def quiet():
     """``with quiet() as silenced:`` the handlers of MLflow's, SQLAlchemy's, Optuna's and the root
     logger (and Python's last-resort one) drop the records that carry a resource error; all others
-    pass. ``silenced.first`` is the first error dropped."""
+    pass. ``silenced.first`` is the first error dropped. Handlers made later (MLflow makes its own
+    when it loads) are covered once ``cover()`` is called."""
     silenced = Silenced()
-    handlers = {h for name in LOGGERS for h in logging.getLogger(name).handlers} | {logging.lastResort}
-    handlers.discard(None)
-    for h in handlers:
-        h.addFilter(silenced)
+    handlers: set = set()
+    _active.append((silenced, handlers))
     try:
+        cover()
         yield silenced
     finally:
+        _active.remove((silenced, handlers))
         for h in handlers:
             h.removeFilter(silenced)
+
+
+def cover() -> None:
+    """Put the open ``quiet()`` blocks' filters on the handlers those loggers have now (call it after
+    loading MLflow, Optuna or SQLAlchemy inside such a block)."""
+    now = {h for name in LOGGERS for h in logging.getLogger(name).handlers} | {logging.lastResort}
+    now.discard(None)
+    for silenced, handlers in _active:
+        for h in now - handlers:
+            h.addFilter(silenced)
+            handlers.add(h)
