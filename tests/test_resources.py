@@ -301,3 +301,29 @@ def test_errors_that_are_no_resource_are_left_alone():
         assert resources.find(e) is None
     denied = PermissionError(errno.EPERM, "Operation not permitted")  # no file: signalling a process, say
     assert resources.find(denied) is None
+
+
+def test_quiet_covers_the_handlers_a_library_makes_after_it_opened():
+    """The sweep enters quiet() before MLflow loads (its fold workers start first): MLflow's handlers,
+    made as it loads, get the filter at ``logs.cover()``, and lose it when the block ends."""
+    import errno
+
+    seen = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    logger, late = logging.getLogger("mlflow"), Collect()
+    with logs.quiet() as silenced:
+        logger.addHandler(late)  # what `import mlflow` does inside the block
+        try:
+            logger.error("before cover: %s", full)
+            logs.cover()
+            logger.error("after cover: %s", full)
+            logger.error("no resource error")
+        finally:
+            logger.removeHandler(late)
+    assert seen == ["before cover: [Errno 28] No space left on device", "no resource error"]
+    assert silenced.dropped >= 1 and silenced.first is full and not late.filters
