@@ -3,6 +3,7 @@ figures are for the closing notes, not asserted here: shared machines make timin
 practised user's study (`legoexp.bench.skilled`) runs the study it claims to."""
 
 import json
+import os
 
 import pytest
 from conftest import run_module
@@ -42,6 +43,10 @@ def test_the_benchmark_reports_every_row_and_writes_json(mlflow_env, tmp_path):
     assert 0 < rows["tracking_share"] < 1 and rows["sweep_probe_wall_s"] > 0
     assert 0 < rows["sweep_tracking_imports_s"] < rows["sweep_probe_wall_s"]
     assert rows["sweep_figures_s"] == parts["figures"]
+    # the CPU of the sweep and its fold workers: more than its wall time (the workers train beside it)
+    assert rows["sweep_cpu_s"] > rows["sweep_wall_s"]
+    cores = len(os.sched_getaffinity(0))
+    assert rows["sweep_cores_busy"] == pytest.approx(rows["sweep_cpu_s"] / (rows["sweep_wall_s"] * cores))
     assert "search: waiting for folds to train" in proc.stdout
 
     assert rows["peer_sweep_wall_s"] > 0

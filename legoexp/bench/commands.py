@@ -10,6 +10,7 @@ latency and throughput. Each runs in a process of its own on a tracking store of
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -56,6 +57,13 @@ def _command_wall(args: list[str], env: dict, cwd) -> tuple[float, subprocess.Co
     return time.perf_counter() - t, proc
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's children that have ended, theirs included: a
+    command's, read before and after it, with its fold workers (which it waits for)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def whole_runs(data: str, trials: int, store: str, sweep_options: list[str], baselines: int = 3
                ) -> tuple[dict, dict, dict, dict, str]:
     """``baselines`` baseline runs (`mlflow run --env-manager local`), then a sweep, each from process
@@ -66,8 +74,10 @@ def whole_runs(data: str, trials: int, store: str, sweep_options: list[str], bas
                                "--env-manager", "local", "-P", f"data={data}"], env, store)[0]
                 for _ in range(baselines)]
     # the user's command as it runs: its wall time, and its parts as it logs them on its parent run
+    cpu = _children_cpu()
     sweep_s = _command_wall([sys.executable, "-m", "legoexp.sweep", "--data", data, "--trials", str(trials),
                              *sweep_options], env, store)[0]
+    sweep_cpu_s = _children_cpu() - cpu
     parts = _logged_parts(env["MLFLOW_TRACKING_URI"])
     parts["exit"] = max(0.0, sweep_s - sum(parts.values()))
     # the same sweep again on a store of its own, instrumented (which slows it): the share of its wall
@@ -88,7 +98,9 @@ def whole_runs(data: str, trials: int, store: str, sweep_options: list[str], bas
     singles = {"baseline_new_store_wall_s": baseline[0], "sweep_wall_s": sweep_s,
                "tracking_share": (probe["tracking_s"] + imports_s) / probe_s, "sweep_probe_wall_s": probe_s,
                "overhead_share": 1 - training / sweep_s, "sweep_figures_s": parts.get("figures", 0.0),
-               "sweep_tracking_imports_s": imports_s}
+               "sweep_tracking_imports_s": imports_s, "sweep_cpu_s": sweep_cpu_s,
+               # how much of the machine the sweep kept busy: what no reordering of its work can win back
+               "sweep_cores_busy": sweep_cpu_s / (sweep_s * len(os.sched_getaffinity(0)))}
     return repeated, singles, parts, env, uri
 
 
