@@ -149,7 +149,9 @@ def main(argv=None) -> int:
             else:
                 print(f"trial {choice.chosen.number} was already compared and registered; nothing left to do",
                       file=sys.stderr)
-            tracking.log_metrics(search.parent.run_id, timings.metrics())  # where this run's seconds went
+            # where this run's seconds went; and its CPU: this process's, and the fits' and folds' in the workers
+            tracking.log_metrics(search.parent.run_id, timings.metrics() | {
+                "cpu_main_s": time.process_time(), "cpu_training_s": runner.training_cpu_s})
     print(f"done in {time.perf_counter() - started:.1f} s; see it: mlflow ui --backend-store-uri "
           f"{mlflow.get_tracking_uri()}  then open {search.parent.url}", file=sys.stderr)
     return 0

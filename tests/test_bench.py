@@ -47,6 +47,9 @@ def test_the_benchmark_reports_every_row_and_writes_json(mlflow_env, tmp_path):
     assert rows["sweep_cpu_s"] > rows["sweep_wall_s"]
     cores = len(os.sched_getaffinity(0))
     assert rows["sweep_cores_busy"] == pytest.approx(rows["sweep_cpu_s"] / (rows["sweep_wall_s"] * cores))
+    # of it, the fits' and folds' (in the workers) and the main process's: parts of the whole, neither empty
+    assert 0 < rows["sweep_training_cpu_share"] < 1 and 0 < rows["sweep_main_cpu_share"] < 1
+    assert rows["sweep_training_cpu_share"] + rows["sweep_main_cpu_share"] < 1
     assert "search: waiting for folds to train" in proc.stdout
 
     assert rows["peer_sweep_wall_s"] > 0

@@ -33,6 +33,8 @@ def test_workers_give_the_numbers_of_this_process_fold_by_fold_and_fit_by_fit(sp
                 assert np.array_equal(a.data().asnumpy(), b.data().asnumpy())
     finally:
         pool.close()
+    # the CPU their folds and fits took, wherever they ran (the workers' is counted as each is done)
+    assert here.training_cpu_s > 0 and pool.training_cpu_s > 0
 
 
 def test_a_trial_stopped_after_a_round_never_starts_the_next(split):

@@ -79,6 +79,7 @@ def test_a_small_sweep_logs_parent_trials_comparison_and_registers(mlflow_env, t
     assert "val_accuracy" in parent.data.metrics and "best_hidden1" in parent.data.tags
     assert {"time_startup_s", "time_search_training_s", "time_models_s", "time_total_s", "overhead_share"} \
         <= set(parent.data.metrics)  # where the sweep's seconds went
+    assert parent.data.metrics["cpu_main_s"] > 0 and parent.data.metrics["cpu_training_s"] > 0  # and its CPU
 
     comparison = next(r for r in runs if r.data.tags["legoexp.kind"] == "comparison")
     assert comparison.data.tags["test"] == "paired t-test"

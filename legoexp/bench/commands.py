@@ -78,7 +78,7 @@ def whole_runs(data: str, trials: int, store: str, sweep_options: list[str], bas
     sweep_s = _command_wall([sys.executable, "-m", "legoexp.sweep", "--data", data, "--trials", str(trials),
                              *sweep_options], env, store)[0]
     sweep_cpu_s = _children_cpu() - cpu
-    parts = _logged_parts(env["MLFLOW_TRACKING_URI"])
+    parts, cpu = _logged_parts(env["MLFLOW_TRACKING_URI"])
     parts["exit"] = max(0.0, sweep_s - sum(parts.values()))
     # the same sweep again on a store of its own, instrumented (which slows it): the share of its wall
     # time in MLflow, Optuna and figures; -X importtime: what loading them costs, where the sweep does
@@ -100,12 +100,16 @@ def whole_runs(data: str, trials: int, store: str, sweep_options: list[str], bas
                "overhead_share": 1 - training / sweep_s, "sweep_figures_s": parts.get("figures", 0.0),
                "sweep_tracking_imports_s": imports_s, "sweep_cpu_s": sweep_cpu_s,
                # how much of the machine the sweep kept busy: what no reordering of its work can win back
-               "sweep_cores_busy": sweep_cpu_s / (sweep_s * len(os.sched_getaffinity(0)))}
+               "sweep_cores_busy": sweep_cpu_s / (sweep_s * len(os.sched_getaffinity(0))),
+               # what that CPU did: trained and scored models (in the fold workers), or the rest
+               "sweep_training_cpu_share": cpu["cpu_training_s"] / sweep_cpu_s,
+               "sweep_main_cpu_share": cpu["cpu_main_s"] / sweep_cpu_s}
     return repeated, singles, parts, env, uri
 
 
-def _logged_parts(tracking_uri: str) -> dict[str, float]:
-    """The parts of the sweep's wall time its parent run logged (``time_<part>_s``), in lap order."""
+def _logged_parts(tracking_uri: str) -> tuple[dict[str, float], dict[str, float]]:
+    """The parts of the sweep's wall time its parent run logged (``time_<part>_s``), in lap order, and
+    its CPU metrics (``cpu_main_s``, ``cpu_training_s``)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -114,7 +118,8 @@ def _logged_parts(tracking_uri: str) -> dict[str, float]:
     logged = {k[len("time_"):-len("_s")]: v for k, v in run.data.metrics.items()
               if k.startswith("time_") and k.endswith("_s") and k != "time_total_s"}
     order = list(PART_NAMES)
-    return dict(sorted(logged.items(), key=lambda part: order.index(part[0]) if part[0] in order else len(order)))
+    parts = dict(sorted(logged.items(), key=lambda part: order.index(part[0]) if part[0] in order else len(order)))
+    return parts, {k: v for k, v in run.data.metrics.items() if k.startswith("cpu_")}
 
 
 def _store_env(store: str) -> dict:

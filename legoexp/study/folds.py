@@ -66,17 +66,24 @@ def _init_worker(path: str, parent: int) -> None:
     gc.freeze()  # what is loaded stays: the collector need not look at it again, nor at exit
 
 
-def _worker_fold(config, fit_idx, val_idx) -> float:
+def _timed(work: Callable, *args) -> tuple:
+    """``work(*args)`` and the CPU seconds this process spent on it: what a worker returns."""
+    started = time.process_time()
+    result = work(*args)
+    return result, time.process_time() - started
+
+
+def _worker_fold(config, fit_idx, val_idx) -> tuple[float, float]:
     from legoexp.ops import faults
 
     faults.point("fold.train")
-    return fold_accuracy(config, *_split, fit_idx, val_idx)
+    return _timed(fold_accuracy, config, *_split, fit_idx, val_idx)
 
 
-def _worker_fit(config) -> list[np.ndarray]:
+def _worker_fit(config) -> tuple[list[np.ndarray], float]:
     from legoexp.train import param_values, train
 
-    return param_values(train(config, *_split).net)
+    return _timed(lambda: param_values(train(config, *_split).net))
 
 
 def _started() -> None:
@@ -148,7 +155,7 @@ class _Folds:
             while k >= len(self.futures) or not self.futures[k].done():
                 wait(runner._handed, return_when=FIRST_COMPLETED)
                 runner._hand_out()
-            accuracy = self.futures[k].result()
+            accuracy = self.futures[k].result()[0]
         self.next += 1
         return accuracy
 
@@ -161,11 +168,13 @@ class _Folds:
 
 
 class FoldRunner:
-    """Runs the folds of trials; ``processes`` <= 1 runs them here, in order."""
+    """Runs the folds of trials; ``processes`` <= 1 runs them here, in order. ``training_cpu_s``: the CPU
+    seconds its folds and fits have taken so far, wherever they ran (a pruned trial's too)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, processes: int):
         self.images, self.labels = images, labels
         self.pool = None
+        self.training_cpu_s = 0.0
         self._trials: list[_Folds] = []  # oldest first
         self._handed: list = []  # futures of folds handed to the pool and not done
         self._fits: dict = {}  # config -> futures of its fits handed out ahead (start_fits)
@@ -211,14 +220,15 @@ class FoldRunner:
             trial = next(ready, None)
             if trial is None:
                 return
-            future = self.pool.submit(_worker_fold, trial.config, *trial.folds[len(trial.futures)])
+            future = self._submit(_worker_fold, trial.config, *trial.folds[len(trial.futures)])
             trial.futures.append(future)
             self._handed.append(future)
 
     def _here(self, config: TrainConfig, folds) -> Iterator[float]:
         for fit_idx, val_idx in folds:
             with timings.training():
-                accuracy = fold_accuracy(config, self.images, self.labels, fit_idx, val_idx)
+                accuracy, cpu = _timed(fold_accuracy, config, self.images, self.labels, fit_idx, val_idx)
+            self.training_cpu_s += cpu
             yield accuracy
 
     def start_folds(self, jobs: list[tuple[TrainConfig, np.ndarray, np.ndarray]]) -> Callable[[], list[float]]:
@@ -226,11 +236,11 @@ class FoldRunner:
         re-scoring's); the function returned waits for their accuracies, in order."""
         if self.pool is None:
             return lambda: list(self._here_each(jobs))
-        futures = [self.pool.submit(_worker_fold, config, fit_idx, val_idx) for config, fit_idx, val_idx in jobs]
+        futures = [self._submit(_worker_fold, config, fit_idx, val_idx) for config, fit_idx, val_idx in jobs]
 
         def accuracies() -> list[float]:
             with timings.training():
-                return [future.result() for future in futures]
+                return [future.result()[0] for future in futures]
         return accuracies
 
     def _here_each(self, jobs) -> Iterator[float]:
@@ -241,12 +251,17 @@ class FoldRunner:
         """The networks ``train`` fits on the whole training split for each config, in order; all
         of them handed to the workers at once (or before, by ``start_fits``)."""
         if self.pool is None:
-            from legoexp.train import train
-
-            return (train(c, self.images, self.labels).net for c in configs)
+            return (self._fit_here(c) for c in configs)
         self.start_fits(configs)
         futures = [self._fits[c].pop(0) for c in configs]
-        return (_net(c, f.result()) for c, f in zip(configs, futures))
+        return (_net(c, f.result()[0]) for c, f in zip(configs, futures))
+
+    def _fit_here(self, config: TrainConfig):
+        from legoexp.train import train
+
+        result, cpu = _timed(train, config, self.images, self.labels)
+        self.training_cpu_s += cpu
+        return result.net
 
     def start_fits(self, configs: list[TrainConfig]) -> None:
         """Hand ``configs``' fits to the workers now, for a later ``fits`` of the same configs: they
@@ -255,7 +270,17 @@ class FoldRunner:
             return
         for config, count in collections.Counter(configs).items():
             started = self._fits.setdefault(config, [])
-            started += [self.pool.submit(_worker_fit, config) for _ in range(count - len(started))]
+            started += [self._submit(_worker_fit, config) for _ in range(count - len(started))]
+
+    def _submit(self, work: Callable, *args):
+        """``work(*args)`` in a worker; its CPU seconds are counted once it is done (read or not)."""
+        future = self.pool.submit(work, *args)
+        future.add_done_callback(self._count)
+        return future
+
+    def _count(self, future) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.training_cpu_s += future.result()[1]
 
     def close(self) -> None:
         if self.pool is not None:
