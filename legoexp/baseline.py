@@ -103,6 +103,9 @@ def main(argv=None) -> int:
 
 
 def _train_and_log(args, cfg, source, train_split, test_split, charts, directory) -> int:
+    from legoexp.ops.proc import load_mxnet_on_every_core
+
+    load_mxnet_on_every_core()  # after the fork: the chart process needs no MXNet
     from legoexp.evaluate import evaluate
     from legoexp.train import Diverged, train
 

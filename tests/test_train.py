@@ -1,6 +1,7 @@
 """The one training function: deterministic across processes, learning, and stopping on divergence."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -211,3 +212,39 @@ def test_an_epochs_statistics_are_summed_in_add_ns_order():
             rows = [(rng.standard_normal(2) * 10.0 ** rng.uniform(-3, 3, 2)).astype(np.float32) for _ in range(n)]
             expected = nd.add_n(*[nd.array(r) for r in rows]).asnumpy()
             assert np.array_equal(_add_n(rows), expected), n
+
+
+WEIGHTS_AND_THREADS = """
+import hashlib, os, sys, threadpoolctl
+from legoexp.ops.proc import load_mxnet_on_every_core
+if sys.argv[1] == "every-core":
+    load_mxnet_on_every_core()
+from legoexp.data import load_split, open_source
+from legoexp.train import TrainConfig, param_values, train
+s = load_split(open_source("synthetic"), "train")
+digest = hashlib.sha256()
+for config in (TrainConfig(epochs=2, seed=3), TrainConfig(epochs=2, hidden1=300, hidden2=200, batch_size=16)):
+    fit = train(config, s.images, s.labels)
+    for array in param_values(fit.net):
+        digest.update(array.tobytes())
+gomp = [i["num_threads"] for i in threadpoolctl.threadpool_info()
+        if i["internal_api"] == "openmp" and "scikit_learn" not in i["filepath"]]
+print(digest.hexdigest(), gomp, "OMP_NUM_THREADS" in os.environ)
+"""
+
+
+def test_mxnet_on_every_core_trains_the_same_weights_and_passes_no_setting_on():
+    """The baseline and the bench load MXNet on every core (MXNet alone takes half of them on x86):
+    the same weights bit for bit as one thread (a fold worker's), and the setting is not left in the
+    environment that the processes it starts would inherit."""
+    def run(mode, **env):
+        out = subprocess.run([sys.executable, "-c", WEIGHTS_AND_THREADS, mode], capture_output=True, text=True,
+                             check=True, env={**os.environ, **env})
+        return out.stdout.strip().splitlines()[-1]
+
+    cores = len(os.sched_getaffinity(0))
+    every, one = run("every-core"), run("default", OMP_NUM_THREADS="1")
+    assert every.split()[0] == one.split()[0]  # the weights
+    assert every.endswith(f"[{cores}] False")  # MXNet's OpenMP on every core, nothing left in os.environ
+    kept = run("every-core", OMP_NUM_THREADS="1")  # a user's setting is the user's: left as it was
+    assert kept.split()[0] == every.split()[0] and kept.endswith("True")

@@ -100,6 +100,9 @@ def main(argv=None) -> int:
     elif rest:
         p.error(f"unrecognized arguments: {' '.join(rest)} (options for the sweep go after --)")
 
+    from legoexp.ops.proc import load_mxnet_on_every_core
+
+    load_mxnet_on_every_core()  # as the baseline trains; the NumPy peer gets its two BLAS threads too
     from legoexp.bench.peers import lab_loop, numpy_peer
     from legoexp.data import load_split, open_source
     from legoexp.train import TrainConfig, train
