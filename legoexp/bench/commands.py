@@ -49,6 +49,16 @@ def times(fn, repeat: int) -> list[float]:
     return out
 
 
+def lab_loop_times(data: str, repeat: int) -> list[float]:
+    """``times`` of the lab's loop (``peers.lab_loop``) in this process: the bench runs it in a fresh one,
+    where MXNet has its own default threads, as in the notebook."""
+    from legoexp.bench.peers import lab_loop
+    from legoexp.data import load_split, open_source
+
+    split = load_split(open_source(data), "train")
+    return times(lambda: lab_loop(split.images, split.labels), repeat)
+
+
 def _command_wall(args: list[str], env: dict, cwd) -> tuple[float, subprocess.CompletedProcess]:
     t = time.perf_counter()
     proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True)
