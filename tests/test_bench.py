@@ -43,9 +43,9 @@ def test_the_benchmark_reports_every_row_and_writes_json(mlflow_env, tmp_path):
     assert 0 < rows["tracking_share"] < 1 and rows["sweep_probe_wall_s"] > 0
     assert 0 < rows["sweep_tracking_imports_s"] < rows["sweep_probe_wall_s"]
     assert rows["sweep_figures_s"] == parts["figures"]
-    # the CPU of the sweep and its fold workers: more than its wall time (the workers train beside it)
-    assert rows["sweep_cpu_s"] > rows["sweep_wall_s"]
+    # the CPU of the sweep and its fold workers, against what the machine's cores could give in its wall time
     cores = len(os.sched_getaffinity(0))
+    assert 0 < rows["sweep_cpu_s"] <= 1.02 * rows["sweep_wall_s"] * cores
     assert rows["sweep_cores_busy"] == pytest.approx(rows["sweep_cpu_s"] / (rows["sweep_wall_s"] * cores))
     # of it, the fits' and folds' (in the workers) and the main process's: parts of the whole, neither empty
     assert 0 < rows["sweep_training_cpu_share"] < 1 and 0 < rows["sweep_main_cpu_share"] < 1
