@@ -67,8 +67,8 @@ def quietly(fn) -> None:
 def load_mxnet_on_every_core() -> None:
     """Load MXNet so that its operators use every core this process may run on, in a process that
     trains alone (the baseline, the benchmark's fit). MXNet's default on x86 is half the cores,
-    counting on hyper-threads: one of a 2-core machine's two, where two take the fit from 40-44k to
-    49-51k samples/s with the same numbers bit for bit (docs/performance.md). A user's
+    counting on hyper-threads: one of a 2-core machine's two, where two make the fit about a quarter
+    faster with the same numbers bit for bit (docs/performance.md). A user's
     ``OMP_NUM_THREADS`` is kept; the setting reaches MXNet alone, not the processes this one starts
     (fold workers run one thread each). Nothing if MXNet is loaded already."""
     import sys
