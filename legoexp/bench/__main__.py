@@ -29,16 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from legoexp.bench.commands import (
-    PART_NAMES,
-    lab_loop_times,
-    peer_sweep,
-    serve,
-    skilled_peer_sweep,
-    sweep_probe,
-    times,
-    whole_runs,
-)
+from legoexp.bench.commands import PART_NAMES, peer_sweep, serve, skilled_peer_sweep, sweep_probe, times, whole_runs
 from legoexp.ops.command import run_main
 
 FLOP_PER_SAMPLE = 1.23e6  # forward 2*(2304*128 + 128*64 + 64*10), weight grads, 2 small input grads
@@ -114,7 +105,7 @@ def main(argv=None) -> int:
     from legoexp.ops.proc import load_mxnet_on_every_core
 
     load_mxnet_on_every_core()  # as the baseline trains; the NumPy peer gets its two BLAS threads too
-    from legoexp.bench.peers import numpy_peer
+    from legoexp.bench.peers import lab_loop_times, numpy_peer
     from legoexp.data import load_split, open_source
     from legoexp.train import TrainConfig, train
 

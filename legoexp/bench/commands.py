@@ -49,16 +49,6 @@ def times(fn, repeat: int) -> list[float]:
     return out
 
 
-def lab_loop_times(data: str, repeat: int) -> list[float]:
-    """``times`` of the lab's loop (``peers.lab_loop``) in this process: the bench runs it in a fresh one,
-    where MXNet has its own default threads, as in the notebook."""
-    from legoexp.bench.peers import lab_loop
-    from legoexp.data import load_split, open_source
-
-    split = load_split(open_source(data), "train")
-    return times(lambda: lab_loop(split.images, split.labels), repeat)
-
-
 def _command_wall(args: list[str], env: dict, cwd) -> tuple[float, subprocess.CompletedProcess]:
     t = time.perf_counter()
     proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True)
@@ -84,11 +74,11 @@ def whole_runs(data: str, trials: int, store: str, sweep_options: list[str], bas
                                "--env-manager", "local", "-P", f"data={data}"], env, store)[0]
                 for _ in range(baselines)]
     # the user's command as it runs: its wall time, and its parts as it logs them on its parent run
-    cpu = _children_cpu()
+    cpu_before = _children_cpu()
     sweep_s = _command_wall([sys.executable, "-m", "legoexp.sweep", "--data", data, "--trials", str(trials),
                              *sweep_options], env, store)[0]
-    sweep_cpu_s = _children_cpu() - cpu
-    parts, cpu = _logged_parts(env["MLFLOW_TRACKING_URI"])
+    sweep_cpu_s = _children_cpu() - cpu_before
+    parts, logged_cpu = _logged_parts(env["MLFLOW_TRACKING_URI"])
     parts["exit"] = max(0.0, sweep_s - sum(parts.values()))
     # the same sweep again on a store of its own, instrumented (which slows it): the share of its wall
     # time in MLflow, Optuna and figures; -X importtime: what loading them costs, where the sweep does
@@ -112,8 +102,8 @@ def whole_runs(data: str, trials: int, store: str, sweep_options: list[str], bas
                # how much of the machine the sweep kept busy: what no reordering of its work can win back
                "sweep_cores_busy": sweep_cpu_s / (sweep_s * len(os.sched_getaffinity(0))),
                # what that CPU did: trained and scored models (in the fold workers), or the rest
-               "sweep_training_cpu_share": cpu["cpu_training_s"] / sweep_cpu_s,
-               "sweep_main_cpu_share": cpu["cpu_main_s"] / sweep_cpu_s}
+               "sweep_training_cpu_share": logged_cpu["cpu_training_s"] / sweep_cpu_s,
+               "sweep_main_cpu_share": logged_cpu["cpu_main_s"] / sweep_cpu_s}
     return repeated, singles, parts, env, uri
 
 

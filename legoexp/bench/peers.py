@@ -41,6 +41,16 @@ def lab_loop(images: np.ndarray, labels: np.ndarray, epochs: int = 10, batch_siz
     return net
 
 
+def lab_loop_times(data: str, repeat: int) -> list[float]:
+    """``bench.commands.times`` of ``lab_loop`` on ``data``'s training split, in this process: the bench
+    runs it in a fresh one, where MXNet has its own default threads, as in the notebook."""
+    from legoexp.bench.commands import times
+    from legoexp.data import load_split, open_source
+
+    split = load_split(open_source(data), "train")
+    return times(lambda: lab_loop(split.images, split.labels), repeat)
+
+
 def lab_accuracy(net, images: np.ndarray, labels: np.ndarray, batch_size: int = 34) -> float:
     """The notebook's scoring: batches through the DataLoader, an Accuracy metric."""
     import mxnet as mx

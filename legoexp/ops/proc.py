@@ -77,7 +77,6 @@ def load_mxnet_on_every_core() -> None:
         return
     os.environ["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)))  # read once, as MXNet and OpenMP load
     try:
-        import mxnet
+        import mxnet  # noqa: F401
     finally:
         del os.environ["OMP_NUM_THREADS"]
-    mxnet.nd.waitall()
