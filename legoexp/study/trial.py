@@ -168,10 +168,12 @@ class Trials:
         trial, so they are its."""
         if not running.creating:
             return []
-        runs = self.client.search_runs([self.experiment_id], f"tags.`legoexp.study` = '{self.study.study_name}' and "
-                                       f"tags.`legoexp.kind` = 'trial' and tags.trial_number = '{running.trial.number}' "
-                                       "and attributes.status = 'RUNNING'")
-        return [r.info.run_id for r in runs]
+        return [r.info.run_id for r in self._running_runs(f" and tags.trial_number = '{running.trial.number}'")]
+
+    def _running_runs(self, where: str = "") -> list:
+        """This study's trial runs that are RUNNING (and match ``where``, a further ``and ...`` of the filter)."""
+        return self.client.search_runs([self.experiment_id], f"tags.`legoexp.study` = '{self.study.study_name}' and "
+                                       f"tags.`legoexp.kind` = 'trial' and attributes.status = 'RUNNING'{where}")
 
     def _taken(self, trial) -> bool:
         """True if another process has ended ``trial`` (the storage says so when it can be asked)."""
@@ -201,9 +203,7 @@ class Trials:
         """End, as their trial ended, the trial runs still RUNNING whose trial has ended: their process
         was killed between telling Optuna and ending the run, or could not reach the tracking store."""
         ended = {str(t.number): t for t in self.study.get_trials(deepcopy=False) if t.state != TrialState.RUNNING}
-        runs = self.client.search_runs([self.experiment_id], f"tags.`legoexp.study` = '{self.study.study_name}' "
-                                       "and tags.`legoexp.kind` = 'trial' and attributes.status = 'RUNNING'")
-        for run in runs:
+        for run in self._running_runs():
             trial = ended.get(run.data.tags.get("trial_number"))
             if trial is None:
                 continue
